@@ -1,0 +1,169 @@
+"""The command line: parses arguments and calls the library; every error exits non-zero with one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.set or [])
+    if getattr(args, "data_dir", None):
+        out.append(f"data.data_dir={json.dumps(str(args.data_dir))}")
+    return out
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .models import build_model, count_params, get_preset, list_presets, preset_description
+
+    rows = []
+    for name in list_presets():
+        rows.append({"name": name, "params": count_params(build_model(get_preset(name))),
+                     "description": preset_description(name)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['params']:>11,}  {r['description']}")
+    return 0
+
+
+def _spec_from(arg: str, overrides: list[str]):  # noqa: ANN202
+    from .models import ModelSpec, SpecError, get_preset
+    from .train.config import ConfigError, apply_overrides, config_from_dict
+
+    if arg.endswith(".toml") or Path(arg).is_file():
+        import tomllib
+
+        path = Path(arg)
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if "model" not in data and "preset" not in data:  # a bare spec file
+            try:
+                data = {"model": ModelSpec.from_dict(data).to_dict()}
+            except (SpecError, TypeError) as e:
+                raise ConfigError(f"{path}: {e}") from None
+    else:
+        get_preset(arg)
+        data = {"preset": arg}
+    bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(("model.", "preset"))]
+    if bad:
+        raise ConfigError(f"arch only takes model.* overrides, got {bad[0]!r}")
+    return config_from_dict(apply_overrides(data, overrides)).model
+
+
+def cmd_arch(args: argparse.Namespace) -> int:
+    from .models import summarize
+
+    spec = _spec_from(args.model, args.set or [])
+    summary = summarize(spec)
+    if args.json:
+        print(json.dumps({"spec": spec.to_dict(), **summary.to_dict(), "budget": args.budget,
+                          "within_budget": summary.params <= args.budget}, indent=2))
+        return 0
+    print(summary.table())
+    verdict = "within" if summary.params <= args.budget else "OVER"
+    print(f"\n{summary.params:,} parameters: {verdict} the budget of {args.budget:,}; "
+          f"{summary.macs / 1e6:,.1f} M MACs per image")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import download_cifar10
+    from .train import load_config, train
+
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
+    config = None
+    if not args.resume or args.config or args.set:
+        config = load_config(args.config, _overrides(args))
+    if args.download:
+        download_cifar10((config.data.data_dir if config else args.data_dir) or None)
+    out = args.out
+    if out is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{(config.preset if config and config.preset else 'custom')}-{stamp}"
+    summary = train(config, out, resume=args.resume, allow_over_budget=args.allow_over_budget,
+                    progress=not args.quiet)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+                                 precision=args.precision)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['checkpoint']}: test accuracy {100 * result['test_accuracy']:.2f}%  "
+              f"loss {result['test_loss']:.4f}  ({result['params']:,} params, {result['images']:,} images)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resbudget", description="ResNets for CIFAR-10 under a parameter budget.")
+    p.add_argument("--version", action="version", version=f"resbudget {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("presets", help="list the named architectures")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_presets)
+
+    s = sub.add_parser("arch", help="per-layer summary of a preset or spec: shapes, parameters, MACs, warnings")
+    s.add_argument("model", metavar="PRESET|SPEC.toml")
+    s.add_argument("--set", action="append", metavar="model.KEY=VALUE", help="change a spec field")
+    s.add_argument("--budget", type=int, default=5_000_000)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_arch)
+
+    s = sub.add_parser("train", help="train a preset or config on CIFAR-10 (no argument: the default recipe)")
+    s.add_argument("config", nargs="?", metavar="PRESET|CONFIG.toml")
+    s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
+    s.add_argument("--out", type=Path, metavar="DIR", help="run folder (default runs/NAME-TIMESTAMP)")
+    s.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 folder or archive (default $RESBUDGET_DATA_DIR)")
+    s.add_argument("--download", action="store_true", help="fetch the official archive if it is not there")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    s.add_argument("--allow-over-budget", action="store_true", help="train a model above train.budget")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="test accuracy of a run folder or checkpoint")
+    s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .models import BudgetError, SpecError, UnknownPresetError
+    from .train import CheckpointError, ConfigError, RunFolderError, TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,
+            TrainingError, ValueError) as e:
+        print(f"resbudget {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resbudget {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

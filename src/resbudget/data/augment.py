@@ -1,0 +1,82 @@
+"""Batched, seeded augmentation on the training device: one tensor op per transform, no per-image Python."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .cifar10 import MEAN, STD
+
+
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, standardised with the CIFAR-10 training-set mean and std."""
+    mean = torch.tensor(MEAN, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    return (images.to(dtype) / 255.0 - mean) / std
+
+
+def random_crop(x: torch.Tensor, padding: int, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Pad by ``padding`` (``reflect`` or ``zero``) and cut a random HxW window per image."""
+    if padding <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="reflect" if mode == "reflect" else "constant")
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_rotate(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
+    """Rotate each image by a uniform angle in [-degrees, degrees]; corners fill with zero (the mean, once normalised)."""
+    if degrees <= 0:
+        return x
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=g, device=x.device) * 2 - 1) * math.radians(degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """Zero one ``size`` x ``size`` square per image, centred anywhere (it may hang over the border)."""
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=g, device=x.device)
+    cx = torch.randint(0, w, (n, 1, 1), generator=g, device=x.device)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    top, left = cy - size // 2, cx - size // 2
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+@dataclass(frozen=True)
+class Augment:
+    crop_padding: int = 4
+    pad_mode: str = "reflect"  # "reflect" | "zero"
+    flip: bool = True
+    rotate_degrees: float = 0.0
+    cutout: int = 0
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """``x``: a normalised float batch on the generator's device."""
+        x = random_crop(x, self.crop_padding, self.pad_mode, g)
+        if self.flip:
+            x = random_flip(x, g)
+        x = random_rotate(x, self.rotate_degrees, g)
+        return cutout(x, self.cutout, g)

@@ -1,0 +1,320 @@
+"""Find, verify and load CIFAR-10 from the official binary or python version (folder or .tar.gz).
+
+Nothing is trained on data that has not been verified: every file's checksum against the official values, then the
+record counts and the label range. Reading the python version never unpickles arbitrary objects (only the numpy
+array constructors the official pickles use are allowed), and it only happens after the md5 matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ENV_VAR = "RESBUDGET_DATA_DIR"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+RECORD_BYTES = 1 + 3 * 32 * 32
+
+
+class DataError(RuntimeError):
+    """Missing, corrupted or malformed dataset files."""
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    name: str
+    algorithm: str  # "sha256" | "md5"
+    digest: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Format:
+    """One official distribution of CIFAR-10."""
+
+    name: str
+    folder: str
+    archive: str
+    url: str
+    archive_md5: str
+    archive_size: int
+    train_files: tuple[FileCheck, ...]
+    test_files: tuple[FileCheck, ...]
+
+
+_BIN_SIZE = 10_000 * RECORD_BYTES
+BINARY = Format(
+    name="binary",
+    folder="cifar-10-batches-bin",
+    archive="cifar-10-binary.tar.gz",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    archive_md5="c32a1d4ab5d03f1284b67883e8d87530",
+    archive_size=170_052_171,
+    train_files=(
+        FileCheck("data_batch_1.bin", "sha256", "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5", _BIN_SIZE),
+        FileCheck("data_batch_2.bin", "sha256", "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed", _BIN_SIZE),
+        FileCheck("data_batch_3.bin", "sha256", "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67", _BIN_SIZE),
+        FileCheck("data_batch_4.bin", "sha256", "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48", _BIN_SIZE),
+        FileCheck("data_batch_5.bin", "sha256", "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add", _BIN_SIZE),
+    ),
+    test_files=(
+        FileCheck("test_batch.bin", "sha256", "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b", _BIN_SIZE),
+    ),
+)
+PYTHON = Format(
+    name="python",
+    folder="cifar-10-batches-py",
+    archive="cifar-10-python.tar.gz",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    archive_md5="c58f30108f718f92721af3b95e74349a",
+    archive_size=170_498_071,
+    train_files=(
+        FileCheck("data_batch_1", "md5", "c99cafc152244af753f735de768cd75f"),
+        FileCheck("data_batch_2", "md5", "d4bba439e000b95fd0a9bffe97cbabec"),
+        FileCheck("data_batch_3", "md5", "54ebc095f3ab1f0389bbae665268c751"),
+        FileCheck("data_batch_4", "md5", "634d18415352ddfa80567beed471001a"),
+        FileCheck("data_batch_5", "md5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+    ),
+    test_files=(FileCheck("test_batch", "md5", "40351d587109b95175f43aff81a1287e"),),
+)
+FORMATS = (BINARY, PYTHON)
+
+
+@dataclass
+class Split:
+    """One split held in memory: uint8 images (N, 3, 32, 32) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class CIFAR10:
+    train: Split
+    test: Split
+    source: str  # where it was read from, for the record
+
+
+def default_data_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "resbudget" / "cifar10"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir`` if given, else $RESBUDGET_DATA_DIR, else the cache folder."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    return default_data_dir()
+
+
+def _digest(data: bytes, algorithm: str) -> str:
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_bytes(data: bytes, check: FileCheck, where: str) -> None:
+    """Reject ``data`` (read from ``where``) unless its size and checksum are the official ones."""
+    if check.size is not None and len(data) != check.size:
+        raise DataError(
+            f"{where}: expected {check.size:,} bytes, found {len(data):,} (truncated or not the official file); "
+            f"delete it and fetch the dataset again"
+        )
+    actual = _digest(data, check.algorithm)
+    if actual != check.digest:
+        raise DataError(
+            f"{where}: {check.algorithm} mismatch: expected {check.digest}, got {actual} (corrupted or modified "
+            f"file); delete it and fetch the dataset again"
+        )
+
+
+# --- decoding ---------------------------------------------------------------------------------------------------
+def decode_binary(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(data) % RECORD_BYTES:
+        raise DataError(f"{where}: {len(data):,} bytes is not a whole number of {RECORD_BYTES}-byte records")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The official python-version pickles hold dicts, lists, bytes and numpy arrays; nothing else is allowed."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch file")
+
+
+def decode_python(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as e:  # any malformed content is a data error naming the file
+        raise DataError(f"{where}: not a CIFAR-10 python-version batch ({type(e).__name__}: {e})") from None
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+# --- locating ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Located:
+    fmt: Format
+    path: Path  # a folder holding the batch files, or a .tar.gz archive
+    is_archive: bool
+
+
+def locate(data_dir: str | os.PathLike | None = None) -> Located:
+    """Find one official distribution at ``data_dir`` (see :func:`resolve_data_dir`), or say where we looked."""
+    root = resolve_data_dir(data_dir)
+    candidates: list[Path] = []
+    for fmt in FORMATS:
+        if root.is_file() and root.name == fmt.archive:
+            return Located(fmt, root, True)
+    for fmt in FORMATS:
+        for folder in (root, root / fmt.folder):
+            candidates.append(folder)
+            if (folder / fmt.train_files[0].name).exists() or (folder / fmt.test_files[0].name).exists():
+                return Located(fmt, folder, False)
+        archive = root / fmt.archive
+        candidates.append(archive)
+        if archive.is_file():
+            return Located(fmt, archive, True)
+    looked = "\n  ".join(str(c) for c in dict.fromkeys(candidates))
+    raise DataError(
+        f"CIFAR-10 not found. Looked for the binary or python version in:\n  {looked}\n"
+        f"Point --data-dir (or ${ENV_VAR}) at the folder holding cifar-10-batches-bin/, cifar-10-batches-py/ or "
+        f"their .tar.gz archive, or pass --download to fetch {BINARY.url} into {root}."
+    )
+
+
+def _read_members(located: Located, names: list[str]) -> dict[str, bytes]:
+    """Read the named batch files from a folder or straight out of the archive (nothing is extracted)."""
+    out: dict[str, bytes] = {}
+    if not located.is_archive:
+        for name in names:
+            path = located.path / name
+            if not path.is_file():
+                raise DataError(f"{path}: missing (the {located.fmt.name} version needs {', '.join(names)})")
+            out[name] = path.read_bytes()
+        return out
+    verify_archive(located.path, located.fmt)
+    with tarfile.open(located.path, "r:gz") as tar:
+        for name in names:
+            member_name = f"{located.fmt.folder}/{name}"
+            try:
+                member = tar.getmember(member_name)
+            except KeyError:
+                raise DataError(f"{located.path}: has no member {member_name}") from None
+            f = tar.extractfile(member)
+            if f is None:
+                raise DataError(f"{located.path}: member {member_name} is not a regular file")
+            out[name] = f.read()
+    return out
+
+
+def verify_archive(path: Path, fmt: Format, expected_md5: str | None = None) -> None:
+    expected = expected_md5 or fmt.archive_md5
+    actual = file_digest(path, "md5")
+    if actual != expected:
+        size = path.stat().st_size
+        raise DataError(
+            f"{path}: md5 mismatch: expected {expected}, got {actual} ({size:,} bytes; the official archive has "
+            f"{fmt.archive_size:,}); delete it and download again"
+        )
+
+
+def _load_split(located: Located, checks: tuple[FileCheck, ...], expected_count: int, split: str) -> Split:
+    decode: Callable[[bytes, str], tuple[np.ndarray, np.ndarray]] = (
+        decode_binary if located.fmt.name == "binary" else decode_python
+    )
+    files = _read_members(located, [c.name for c in checks])
+    images, labels = [], []
+    for check in checks:
+        where = f"{located.path}/{check.name}" if not located.is_archive else f"{located.path}:{check.name}"
+        check_bytes(files[check.name], check, where)
+        x, y = decode(files[check.name], where)
+        if y.size and (y.min() < 0 or y.max() >= len(CLASSES)):
+            raise DataError(f"{where}: labels outside 0..{len(CLASSES) - 1} (found {y.min()}..{y.max()})")
+        images.append(x)
+        labels.append(y)
+    x, y = np.concatenate(images), np.concatenate(labels)
+    if expected_count and len(y) != expected_count:
+        raise DataError(f"{located.path}: the {split} split has {len(y):,} records, expected {expected_count:,}")
+    return Split(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()))
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    formats: dict[str, Format] | None = None,
+    expected_counts: tuple[int, int] = (50_000, 10_000),
+) -> CIFAR10:
+    """Load and verify both splits. ``formats`` replaces the official checksums (tests with synthetic files only)."""
+    located = locate(data_dir)
+    fmt = (formats or {}).get(located.fmt.name, located.fmt)
+    located = Located(fmt, located.path, located.is_archive)
+    train = _load_split(located, fmt.train_files, expected_counts[0], "train")
+    test = _load_split(located, fmt.test_files, expected_counts[1], "test")
+    return CIFAR10(train=train, test=test, source=str(located.path))
+
+
+def class_counts(labels: torch.Tensor, num_classes: int = len(CLASSES)) -> list[int]:
+    return torch.bincount(labels, minlength=num_classes).tolist()
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, stratified (train_index, val_index): each class gives its share of ``val_size``."""
+    n = len(labels)
+    if not 0 < val_size < n:
+        raise ValueError(f"data.val_size must be between 1 and {n - 1} (the training set has {n:,} images), got {val_size}")
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(labels).double()
+    exact = counts * val_size / n
+    quota = exact.floor().long()
+    # Largest remainders take the images left over by rounding down.
+    leftover = val_size - int(quota.sum())
+    if leftover:
+        quota[torch.argsort(exact - quota, descending=True, stable=True)[:leftover]] += 1
+    val = []
+    for c, q in enumerate(quota.tolist()):
+        idx = torch.nonzero(labels == c).flatten()
+        val.append(idx[torch.randperm(len(idx), generator=g)[:q]])
+    val_index = torch.sort(torch.cat(val)).values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val_index] = False
+    return torch.nonzero(mask).flatten(), val_index

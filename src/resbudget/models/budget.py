@@ -1,0 +1,111 @@
+"""Parameter budget tools: counts, a per-layer summary with MACs, and the budget check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .builder import build_model
+from .spec import ModelSpec, spec_warnings
+
+DEFAULT_BUDGET = 5_000_000
+
+
+class BudgetError(ValueError):
+    """A model over the parameter budget."""
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_budget(params: int, budget: int = DEFAULT_BUDGET, what: str = "the model") -> None:
+    if params > budget:
+        raise BudgetError(
+            f"{what} has {params:,} parameters, {params - budget:,} over the budget of {budget:,} "
+            f"({params / budget:.2f}x); shrink it or pass --allow-over-budget"
+        )
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+@dataclass
+class Summary:
+    layers: list[LayerRow]
+    params: int
+    macs: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "layers": [
+                {"name": r.name, "type": r.kind, "output_shape": list(r.output_shape), "params": r.params,
+                 "macs": r.macs}
+                for r in self.layers
+            ],
+            "warnings": self.warnings,
+        }
+
+    def table(self) -> str:
+        rows = [("layer", "type", "output", "params", "MACs")]
+        for r in self.layers:
+            rows.append((r.name, r.kind, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}"))
+        rows.append(("total", "", "", f"{self.params:,}", f"{self.macs:,}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines = []
+        for i, row in enumerate(rows):
+            cells = [row[j].ljust(widths[j]) if j < 3 else row[j].rjust(widths[j]) for j in range(5)]
+            lines.append("  ".join(cells).rstrip())
+            if i == 0 or i == len(rows) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-accumulates per image of the layers that do the arithmetic (convs and linears)."""
+    per_image = output[0].numel()
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_image * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return per_image * module.in_features
+    return 0
+
+
+def summarize(spec: ModelSpec, model: nn.Module | None = None) -> Summary:
+    """Per-layer output shape, parameters and MACs for one image, from one forward pass on CPU."""
+    model = model if model is not None else build_model(spec)
+    rows: list[LayerRow] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue  # leaves only: their sum is the total
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+
+        def hook(mod, _inp, out, name=name, own=own):  # noqa: ANN001
+            rows.append(LayerRow(name, type(mod).__name__, tuple(out.shape[1:]), own, _macs(mod, out)))
+
+        hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model(torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return Summary(rows, count_params(model), sum(r.macs for r in rows), spec_warnings(spec))

@@ -1,0 +1,122 @@
+"""Checkpoints without pickle: weights in safetensors with plain names, training state as safetensors + JSON.
+
+``model.safetensors`` carries the model spec in its metadata, so a checkpoint file alone rebuilds its network.
+``state.safetensors`` holds the optimiser, schedule, RNG and epoch for ``--resume``: every tensor of the nested state
+under a generated key, and the structure as JSON (with references to those keys) in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .._io import atomic_path
+from ..models import ModelSpec, build_model
+
+FORMAT = "resbudget-weights-v1"
+_PREFIXES = ("_orig_mod.", "module.")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with DataParallel/compile prefixes removed and tensors contiguous on CPU."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        for prefix in _PREFIXES:
+            while name.startswith(prefix):
+                name = name[len(prefix):]
+        out[name] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, extra: dict[str, str] | None = None) -> None:
+    metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), **(extra or {})}
+    with atomic_path(path) as tmp:
+        save_file(plain_state_dict(model), str(tmp), metadata=metadata)
+
+
+def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if metadata.get("format") != FORMAT or "spec" not in metadata:
+        raise CheckpointError(f"{path}: not a resbudget checkpoint (no model spec in its metadata)")
+    return ModelSpec.from_dict(json.loads(metadata["spec"])), tensors, metadata
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
+    """A run folder (its model.safetensors) or a .safetensors file -> the model in eval mode, and its spec."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    spec, tensors, _ = read_weights(path)
+    model = build_model(spec)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the spec (missing {missing}, unexpected {unexpected})")
+    return model.eval(), spec
+
+
+# --- training state -------------------------------------------------------------------------------------------------
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().to("cpu").contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        # JSON keys are strings; keep the original key types (optimiser state is keyed by int).
+        return {"__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_flatten(v, tensors) for v in obj], "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise CheckpointError(f"cannot store {type(obj).__name__} in a training state")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            items = [_unflatten(v, tensors) for v in obj["__list__"]]
+            return tuple(items) if obj["tuple"] else items
+    return obj
+
+
+def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """One file, written atomically: the tensors, with the JSON structure in the safetensors metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure = _flatten(state, tensors)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "resbudget-state-v1", "structure": json.dumps(structure)})
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training state to resume from")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return _unflatten(json.loads(metadata["structure"]), tensors)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None

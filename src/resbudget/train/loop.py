@@ -1,0 +1,306 @@
+"""The training loop: fetch batch -> augment on device -> forward under autocast -> loss -> backward -> step -> lr."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from .._io import write_text
+from ..data import CIFAR10, Augment, Split, load_cifar10, normalize, stratified_split
+from ..models import build_model, check_budget, count_params, summarize
+from .checkpoint import load_model, load_state, save_state, save_weights
+from .config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
+from .metrics import MetricsLog, Progress
+from .schedules import Schedule
+
+STUDY_MODE_NOTE = (
+    "the plateau schedule watched TEST accuracy (schedule.monitor='test', as the study did): the test set "
+    "influenced training, so test_accuracy is not a clean held-out estimate"
+)
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class RunFolderError(RuntimeError):
+    pass
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(config: Config, params) -> torch.optim.Optimizer:  # noqa: ANN001
+    o = config.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "bf16",
+             channels_last: bool = True) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over ``split``, which must be on the model's device."""
+    was_training = model.training
+    model.eval()
+    device = split.images.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for start in range(0, len(split), batch_size):
+        x = normalize(split.images[start:start + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = split.labels[start:start + batch_size]
+        with autocast(device, precision):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(len(split), 1)
+    return float(loss_sum) / n, int(correct) / n
+
+
+def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -> tuple[Split, Split | None, Split, str]:
+    d = config.data
+    if data is None:
+        data = load_cifar10(d.data_dir or None)
+    train, test = data.train, data.test
+    val = None
+    if d.val_size:
+        train_idx, val_idx = stratified_split(train.labels, d.val_size, d.val_seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    if d.train_limit:
+        train = train.subset(torch.arange(min(d.train_limit, len(train))))
+    if d.test_limit:
+        test = test.subset(torch.arange(min(d.test_limit, len(test))))
+    if len(train) < config.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size ({config.train.batch_size}) is larger than the training set ({len(train)} images)"
+        )
+    return train.to(device), (val.to(device) if val is not None else None), test.to(device), data.source
+
+
+def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    # Order and augmentation of epoch e depend on (seed, e) alone, so a resumed run sees what an uninterrupted one saw.
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def _open_run_dir(out_dir: Path, config: Config | None, resume: bool) -> tuple[Config, dict[str, Any] | None]:
+    state_path = out_dir / "state.safetensors"
+    if resume:
+        cfg_path = out_dir / "config.toml"
+        if not cfg_path.is_file():
+            raise RunFolderError(f"--resume: {out_dir} holds no run (no config.toml)")
+        import tomllib
+
+        stored = config_from_dict(tomllib.loads(cfg_path.read_text(encoding="utf-8")))
+        if config is not None and config_to_dict(config) != config_to_dict(stored):
+            raise RunFolderError(
+                f"--resume: the given config differs from the one stored in {cfg_path}; resume without a config "
+                "argument, or start a new run in another --out folder"
+            )
+        return stored, (load_state(state_path) if state_path.is_file() else None)
+    if config is None:
+        raise ConfigError("a config is needed to start a run")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunFolderError(
+            f"{out_dir} is not empty; pass --resume to continue the run in it, or choose another --out folder "
+            "(nothing in it is overwritten)"
+        )
+    return config, None
+
+
+def train(
+    config: Config | None,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    allow_over_budget: bool = False,
+    data: CIFAR10 | None = None,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` into the run folder ``out_dir`` and return the summary (also written as summary.json)."""
+    wall_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    config, state = _open_run_dir(out_dir, config, resume)
+    if resume and state is None and (out_dir / "summary.json").is_file():
+        return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    t = config.train
+    device = select_device(t.device)
+    show = Progress(t.epochs, stream=stream, enabled=progress)
+
+    torch.manual_seed(t.seed)
+    model = build_model(config.model)
+    params = count_params(model)
+    macs = summarize(config.model, model).macs
+    warnings = summarize(config.model, model).warnings
+    if not allow_over_budget:
+        check_budget(params, t.budget)
+    monitor_test = config.schedule.name == "plateau" and config.schedule.monitor == "test"
+
+    train_split, val_split, test_split, source = prepare_splits(config, data, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_text(out_dir / "config.toml", config_to_toml(config))
+    for w in warnings:
+        show.message(f"warning: {w}")
+    if monitor_test:
+        show.message(f"note: {STUDY_MODE_NOTE}")
+
+    model = model.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model.parameters())
+    schedule = Schedule(config.schedule, config.optim.lr, t.epochs)
+    start_epoch, wall_before = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["cpu_rng"])
+        start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
+        show.message(f"resuming {out_dir} after epoch {start_epoch}")
+    step_model = torch.compile(model) if t.compile else model
+    log = MetricsLog(out_dir, keep_until_epoch=start_epoch)
+    augment = Augment(config.data.crop_padding, config.data.pad_mode, config.data.flip, config.data.rotate_degrees,
+                      config.data.cutout)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    n, bs = len(train_split), t.batch_size
+    steps = n // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
+
+    row: dict[str, Any] = {}
+    for epoch in range(start_epoch, t.epochs):
+        epoch_start = time.perf_counter()
+        g = _epoch_generator(t.seed, epoch, device)
+        order = torch.randperm(n, generator=g, device=device)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        for step in range(steps):
+            lr = schedule.lr(epoch + step / steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[step * bs:(step + 1) * bs]
+            x = augment(normalize(train_split.images[idx]), g)
+            if t.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = train_split.labels[idx]
+            with autocast(device, t.precision):
+                logits = step_model(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().float()
+            correct += (logits.argmax(1) == y).sum()
+            show.step(epoch + 1, step + 1, steps, float(loss) if show.live else 0.0)
+        train_loss = float(loss_sum) / steps
+        if train_loss != train_loss or train_loss == float("inf"):
+            raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
+        train_seconds = time.perf_counter() - epoch_start
+        last = epoch + 1 == t.epochs
+        val_loss = val_acc = test_loss = test_acc = None
+        if val_split is not None:
+            val_loss, val_acc = evaluate(model, val_split, batch_size=t.eval_batch_size, precision=t.precision,
+                                         channels_last=t.channels_last)
+        if last or t.eval_test_every_epoch or monitor_test:
+            test_loss, test_acc = evaluate(model, test_split, batch_size=t.eval_batch_size, precision=t.precision,
+                                           channels_last=t.channels_last)
+        schedule.end_epoch(test_acc if monitor_test else val_acc)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": int(correct) / (steps * bs),
+               "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+               "seconds": time.perf_counter() - epoch_start, "images_per_s": steps * bs / train_seconds}
+        log.append(row)
+        show.epoch(row)
+        wall = wall_before + time.perf_counter() - wall_start
+        save_weights(model, config.model, out_dir / "model.safetensors", extra={"epoch": str(epoch + 1)})
+        save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "cpu_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                    "wall_seconds": wall}, out_dir / "state.safetensors")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+
+    final = log.rows[-1]
+    summary = {
+        "resbudget_version": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "preset": config.preset,
+        "params": params,
+        "macs": macs,
+        "budget": t.budget,
+        "over_budget": params > t.budget,
+        "epochs": t.epochs,
+        "test_accuracy": final["test_acc"],
+        "test_loss": final["test_loss"],
+        "val_accuracy": final["val_acc"],
+        "train_accuracy": final["train_acc"],
+        "wall_seconds": round(wall_before + time.perf_counter() - wall_start, 2),
+        "mean_images_per_s": sum(r["images_per_s"] for r in log.rows) / len(log.rows),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch_version": torch.__version__,
+        "seed": t.seed,
+        "git_commit": git_commit(),
+        "data_source": source,
+        "plateau_watched_test": monitor_test,
+        "notes": [STUDY_MODE_NOTE] if monitor_test else [],
+        "warnings": warnings,
+        "config": config_to_dict(config),
+    }
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
+    show.message(f"final test accuracy {100 * final['test_acc']:.2f}% after {t.epochs} epochs "
+                 f"({summary['wall_seconds']:.0f} s) -> {out_dir}")
+    return summary
+
+
+def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | None = None, device: str = "auto",
+                        batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None) -> dict[str, Any]:
+    """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set."""
+    model, spec = load_model(path)
+    dev = select_device(device)
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    data = data if data is not None else load_cifar10(data_dir)
+    loss, acc = evaluate(model, data.test.to(dev), batch_size=batch_size, precision=precision)
+    return {"checkpoint": str(path), "test_accuracy": acc, "test_loss": loss, "params": count_params(model),
+            "images": len(data.test), "precision": precision, "device": str(dev)}

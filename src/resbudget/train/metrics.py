@@ -1,0 +1,89 @@
+"""Per-epoch metrics (JSONL and CSV, rewritten atomically) and a progress display safe outside a terminal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from .._io import write_text
+
+COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
+           "images_per_s")
+
+
+class MetricsLog:
+    """All epoch rows of a run; on resume it keeps the rows up to the checkpoint's epoch."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_until_epoch: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict[str, Any]] = []
+        jsonl = self.run_dir / "metrics.jsonl"
+        if keep_until_epoch and jsonl.is_file():
+            for line in jsonl.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                if row["epoch"] <= keep_until_epoch:
+                    self.rows.append(row)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: row.get(k) for k in COLUMNS})
+        self._write()
+
+    def _write(self) -> None:
+        write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for r in self.rows:
+            writer.writerow(["" if r[k] is None else r[k] for k in COLUMNS])
+        write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+
+def _fmt(value: float | None, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.2f}%" if pct else f"{value:.4f}"
+
+
+class Progress:
+    """In a terminal: one line redrawn in place during an epoch. Elsewhere (CI, pipes, notebooks): one line per epoch."""
+
+    def __init__(self, total_epochs: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.total = total_epochs
+        self.enabled = enabled
+        try:
+            self.live = enabled and self.stream.isatty() and os.environ.get("TERM") != "dumb"
+        except (AttributeError, ValueError):
+            self.live = False
+        self._last = 0.0
+
+    def step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        if not self.live or (time.monotonic() - self._last < 0.2 and step < steps):
+            return
+        self._last = time.monotonic()
+        width = 24
+        filled = int(width * step / steps)
+        self.stream.write(f"\repoch {epoch}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{step}/{steps} loss {loss:.4f}")
+        self.stream.flush()
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        line = (f"epoch {row['epoch']}/{self.total}  lr {row['lr']:.4g}  train {_fmt(row['train_loss'])} "
+                f"{_fmt(row['train_acc'], True)}  val {_fmt(row['val_acc'], True)}  test {_fmt(row['test_acc'], True)}"
+                f"  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s")
+        self.stream.write(("\r\x1b[2K" if self.live else "") + line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(text + "\n")
+            self.stream.flush()

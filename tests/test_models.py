@@ -1,0 +1,119 @@
+import dataclasses
+
+import pytest
+import torch
+
+from resbudget.models import (BudgetError, ModelSpec, SpecError, UnknownPresetError, build_model, check_budget,
+                              count_params, get_preset, list_presets, spec_warnings, stage_sizes, summarize)
+
+EXPECTED_PARAMS = {"resnet18": 11_173_962, "shallow": 2_777_674, "deeper": 4_997_386, "fast": 2_391_082}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_preset_parameter_count(name):
+    assert count_params(build_model(get_preset(name))) == EXPECTED_PARAMS[name]
+
+
+def test_every_preset_has_an_expected_count():
+    assert set(list_presets()) == set(EXPECTED_PARAMS)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_forward_shape_finite_and_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = build_model(get_preset(name))
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(UnknownPresetError, match="available presets: deeper, fast, resnet18, shallow"):
+        get_preset("resnet19")
+
+
+def test_spec_toml_round_trip(tmp_path):
+    spec = ModelSpec(stem_width=16, stage_widths=(16, 32), stage_blocks=(1, 2), stage_strides=(1, 2),
+                     shortcut="conv3x3", head_hidden=(128, 64))
+    path = tmp_path / "spec.toml"
+    path.write_text(spec.to_toml())
+    assert ModelSpec.from_toml(path) == spec
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stage_blocks": (2, 2)}, "stage_blocks has 2 entries"),
+    ({"stage_strides": (1, 3, 2)}, "stage_strides must be 1 or 2"),
+    ({"shortcut": "conv5x5"}, "shortcut must be one of"),
+    ({"stage_widths": (64, 0, 256)}, "positive integers"),
+    ({"stem_width": 128, "shortcut": "identity"}, "widths may not shrink"),
+])
+def test_bad_spec_is_rejected_with_the_reason(change, message):
+    with pytest.raises(SpecError, match=message):
+        dataclasses.replace(get_preset("shallow"), **change)
+
+
+def test_unknown_spec_key_is_named():
+    with pytest.raises(SpecError, match="unknown model spec key.*widths"):
+        ModelSpec.from_dict({"widths": [1, 2]})
+
+
+def test_shortcut_kinds_change_parameters_as_expected():
+    base = get_preset("shallow")
+    conv1 = count_params(build_model(base))
+    conv3 = count_params(build_model(dataclasses.replace(base, shortcut="conv3x3")))
+    ident = count_params(build_model(dataclasses.replace(base, shortcut="identity")))
+    # Two projections (64->128, 128->256 at stride 2): 1x1 weights 8,192 + 32,768; 3x3 is 9x that.
+    assert conv3 - conv1 == 8 * (64 * 128 + 128 * 256)
+    # Identity drops both projections and their BatchNorms (2 * (128 + 256) parameters).
+    assert conv1 - ident == 64 * 128 + 128 * 256 + 2 * (128 + 256)
+
+
+def test_identity_shortcut_pads_channels_and_pools():
+    from resbudget.models.blocks import IdentityShortcut
+
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    y = IdentityShortcut(2, 5, 2)(x)
+    assert y.shape == (1, 5, 2, 2)
+    assert torch.equal(y[:, 2:], torch.zeros(1, 3, 2, 2))
+    assert y[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4
+
+
+def test_dense_head_adds_hidden_layers():
+    base = get_preset("shallow")
+    dense = dataclasses.replace(base, head_hidden=(128, 64))
+    extra = (256 * 128 + 128) + (128 * 64 + 64) + (64 * 10 + 10) - (256 * 10 + 10)
+    assert count_params(build_model(dense)) - count_params(build_model(base)) == extra
+
+
+def test_collapse_warning_only_when_a_middle_stage_is_1x1():
+    deeper = get_preset("deeper")
+    assert stage_sizes(deeper)[-1] == 2
+    assert spec_warnings(deeper) == []
+    const = dataclasses.replace(deeper, stage_strides=(2,) * 8)
+    assert stage_sizes(const) == [16, 8, 4, 2, 1, 1, 1, 1]
+    (warning,) = spec_warnings(const)
+    assert "1x1 at stage 5 of 8" in warning
+
+
+def test_summary_counts_match_a_hand_computation():
+    spec = ModelSpec(stem_width=4, stage_widths=(8,), stage_blocks=(1,), stage_strides=(2,), image_size=8)
+    s = summarize(spec)
+    stem = 8 * 8 * 4 * 3 * 9
+    conv1 = 4 * 4 * 8 * 4 * 9
+    conv2 = 4 * 4 * 8 * 8 * 9
+    shortcut = 4 * 4 * 8 * 4
+    linear = 8 * 10
+    assert s.macs == stem + conv1 + conv2 + shortcut + linear
+    assert s.params == count_params(build_model(spec))
+    assert sum(r.params for r in s.layers) == s.params
+    by_name = {r.name: r for r in s.layers}
+    assert by_name["stages.0.0.conv1"].output_shape == (8, 4, 4)
+
+
+def test_budget_check_names_the_numbers():
+    check_budget(4_999_999)
+    with pytest.raises(BudgetError, match=r"11,173,962 parameters, 6,173,962 over the budget of 5,000,000"):
+        check_budget(11_173_962)
