@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from resbudget.cli import main
+
+from .conftest import TINY
+
+TINY_SETS = ["--set", f"model.stem_width={TINY.stem_width}", "--set", f"model.stage_widths={list(TINY.stage_widths)}",
+             "--set", f"model.stage_blocks={list(TINY.stage_blocks)}",
+             "--set", f"model.stage_strides={list(TINY.stage_strides)}"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_presets_lists_names_and_counts(capsys):
+    code, out, _ = run(capsys, "presets")
+    assert code == 0
+    assert "shallow" in out and "2,777,674" in out and "11,173,962" in out
+
+
+def test_arch_json_has_params_macs_layers_warnings(capsys):
+    code, out, _ = run(capsys, "arch", "deeper", "--set", "model.stage_strides=[2,2,2,2,2,2,2,2]", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["params"] == 4_997_386 and data["macs"] > 0
+    assert data["layers"][0]["name"] == "stem.0" and len(data["warnings"]) == 1
+
+
+def test_arch_reads_a_spec_file(capsys, tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_text(TINY.to_toml())
+    code, out, _ = run(capsys, "arch", str(path))
+    assert code == 0 and "within the budget" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["arch", "resnet19"], "unknown preset 'resnet19'"),
+    (["train", "resnet19"], "unknown preset 'resnet19'"),
+    (["train", "shallow", "--set", "optim.lrate=0.1"], "unknown key optim.lrate"),
+    (["train", "resnet18", "--data-dir", "/nonexistent"], "over the budget of 5,000,000"),
+    (["train", "shallow", "--data-dir", "/nonexistent"], "CIFAR-10 not found"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["eval", "/nonexistent/run"], "no such checkpoint"),
+])
+def test_errors_exit_nonzero_with_a_message(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_train_then_eval(capsys, tmp_path, data_dir):
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "shallow", *TINY_SETS, "--set", "train.epochs=1", "--set",
+                         "data.train_limit=256", "--set", "data.test_limit=200", "--set", "train.batch_size=64",
+                         "--data-dir", str(data_dir), "--out", str(out_dir), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["epochs"] == 1 and "epoch 1/1" in err
+    code, out, _ = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir), "--json")
+    result = json.loads(out)
+    assert code == 0 and {"test_accuracy", "test_loss"} <= set(result) and result["images"] == 10_000

@@ -1,0 +1,112 @@
+import math
+
+import pytest
+
+from resbudget.models import UnknownPresetError
+from resbudget.train import (Config, ConfigError, Schedule, ScheduleConfig, config_to_toml, default_config,
+                             load_config)
+
+
+def test_preset_name_gives_the_study_defaults():
+    c = load_config("shallow")
+    assert c.preset == "shallow" and c.model.stage_widths == (64, 128, 256)
+    assert (c.optim.name, c.optim.lr, c.schedule.name, c.train.epochs) == ("sgd", 0.1, "cosine", 100)
+
+
+def test_overrides_are_typed():
+    c = load_config("shallow", ["optim.lr=0.05", "optim.name=adamw", "model.head_hidden=[128, 64]",
+                                "train.compile=true", "schedule.factor=0.31622776601683794"])
+    assert c.optim.lr == 0.05 and c.optim.name == "adamw" and c.model.head_hidden == (128, 64)
+    assert c.train.compile is True and math.isclose(c.schedule.factor, 10 ** -0.5)
+    assert load_config("shallow", ["optim.lr=1"]).optim.lr == 1.0  # an int is a fine float
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.momentun=0.9", "unknown key optim.momentun; allowed in \\[optim\\]: name, lr, momentum"),
+    ("optimizer.lr=0.1", "section one of: model, data, optim, schedule, train"),
+    ("model.widths=[1]", "unknown key model.widths"),
+    ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
+    ("train.epochs=10.5", "train.epochs: expected an integer"),
+    ("schedule.name=onecycle", "'onecycle' is not allowed; choose one of 'cosine', 'plateau'"),
+    ("train.channels_last=1", "expected true or false"),
+    ("model.stage_strides=[1, 2]", "stage_strides has 2 entries"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("optim.lr=-1", "optim.lr must be a positive number"),
+    ("nonsense", "must look like section.key=value"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("shallow", [override])
+
+
+def test_unknown_preset_is_an_error():
+    with pytest.raises(UnknownPresetError, match="unknown preset 'tiny'"):
+        load_config("tiny")
+
+
+def test_toml_file_round_trip(tmp_path):
+    c = load_config("deeper", ["schedule.name=plateau", "data.val_size=5000", "train.epochs=7"])
+    path = tmp_path / "run.toml"
+    path.write_text(config_to_toml(c))
+    assert load_config(path) == c
+
+
+def test_toml_file_with_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('preset = "shallow"\n[train]\nepoch = 3\n')
+    with pytest.raises(ConfigError, match="unknown key train.epoch; allowed in \\[train\\]: epochs"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    (tmp_path / "broken.toml").write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "broken.toml")
+
+
+def test_plateau_on_validation_needs_a_validation_split():
+    with pytest.raises(ConfigError, match="data.val_size is 0"):
+        load_config("shallow", ["schedule.name=plateau"])
+    assert load_config("shallow", ["schedule.name=plateau", "schedule.monitor=test"]).schedule.monitor == "test"
+
+
+def test_default_config_is_within_budget_and_short():
+    from resbudget.models import build_model, count_params
+
+    c = default_config()
+    assert count_params(build_model(c.model)) <= c.train.budget
+    assert load_config(None) == c
+
+
+# --- schedules ---------------------------------------------------------------------------------------------------------
+def test_cosine_runs_from_lr_to_min():
+    s = Schedule(ScheduleConfig(name="cosine"), 0.1, epochs=10)
+    assert s.lr(0) == pytest.approx(0.1) and s.lr(5) == pytest.approx(0.05) and s.lr(10) == pytest.approx(0.0)
+
+
+def test_warmup_then_linear_or_cosine_decay():
+    lin = Schedule(ScheduleConfig(name="warmup", warmup_epochs=2, decay="linear"), 1.0, epochs=10)
+    assert [lin.lr(e) for e in (0, 1, 2, 6, 10)] == pytest.approx([0, 0.5, 1.0, 0.5, 0.0])
+    cos = Schedule(ScheduleConfig(name="warmup", warmup_epochs=2, decay="cosine"), 1.0, epochs=10)
+    assert cos.lr(6) == pytest.approx(0.5) and cos.lr(4) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_step_schedule():
+    s = Schedule(ScheduleConfig(name="step", milestones=(3, 6), gamma=0.1), 1.0, epochs=10)
+    assert [s.lr(e) for e in (0, 2.9, 3, 6, 9)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+
+
+def test_plateau_drops_after_patience_and_state_round_trips():
+    s = Schedule(ScheduleConfig(name="plateau", patience=2, factor=0.1, monitor="test"), 1.0, epochs=10)
+    for acc in (0.5, 0.6, 0.6, 0.6):
+        s.end_epoch(acc)
+    assert s.lr(4) == 1.0  # two epochs without improvement: still within patience
+    s.end_epoch(0.6)
+    assert s.lr(5) == pytest.approx(0.1)
+    t = Schedule(ScheduleConfig(name="plateau", patience=2, monitor="test"), 1.0, epochs=10)
+    t.load_state_dict(s.state_dict())
+    assert t.lr(5) == pytest.approx(0.1) and t.best == 0.6
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        Config().train.epochs = 3  # type: ignore[misc]
