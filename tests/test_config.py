@@ -3,8 +3,7 @@ import math
 import pytest
 
 from resbudget.models import UnknownPresetError
-from resbudget.train import (Config, ConfigError, Schedule, ScheduleConfig, config_to_toml, default_config,
-                             load_config)
+from resbudget.train import Config, ConfigError, Schedule, ScheduleConfig, config_to_toml, default_config, load_config
 
 
 def test_preset_name_gives_the_study_defaults():
@@ -108,5 +107,17 @@ def test_plateau_drops_after_patience_and_state_round_trips():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Config().train.epochs = 3  # type: ignore[misc]
+
+
+def test_shipped_config_files_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert files
+    for path in files:
+        c = load_config(path)
+        assert c.preset and c.train.epochs >= 1

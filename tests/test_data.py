@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from resbudget.data import (BINARY, PYTHON, DataError, FileCheck, class_counts, download_cifar10, load_cifar10,
-                            locate, stratified_split)
+from resbudget.data import (
+    BINARY,
+    PYTHON,
+    DataError,
+    FileCheck,
+    class_counts,
+    download_cifar10,
+    load_cifar10,
+    locate,
+    stratified_split,
+)
 from resbudget.data.cifar10 import file_digest
 
 SHARED_SHA256 = {

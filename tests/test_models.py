@@ -3,8 +3,20 @@ import dataclasses
 import pytest
 import torch
 
-from resbudget.models import (BudgetError, ModelSpec, SpecError, UnknownPresetError, build_model, check_budget,
-                              count_params, get_preset, list_presets, spec_warnings, stage_sizes, summarize)
+from resbudget.models import (
+    BudgetError,
+    ModelSpec,
+    SpecError,
+    UnknownPresetError,
+    build_model,
+    check_budget,
+    count_params,
+    get_preset,
+    list_presets,
+    spec_warnings,
+    stage_sizes,
+    summarize,
+)
 
 EXPECTED_PARAMS = {"resnet18": 11_173_962, "shallow": 2_777_674, "deeper": 4_997_386, "fast": 2_391_082}
 

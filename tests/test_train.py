@@ -2,10 +2,9 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from resbudget.models import BudgetError
-from resbudget.train import (RunFolderError, TrainingError, evaluate_checkpoint, load_config, load_model, train)
+from resbudget.train import RunFolderError, TrainingError, evaluate_checkpoint, load_config, load_model, train
 from resbudget.train.checkpoint import plain_state_dict, read_weights
 
 from .conftest import TINY

@@ -34,17 +34,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_from(arg: str, overrides: list[str]):  # noqa: ANN202
+def _spec_from(arg: str, overrides: list[str]):
     from .models import ModelSpec, SpecError, get_preset
     from .train.config import ConfigError, apply_overrides, config_from_dict
 
     if arg.endswith(".toml") or Path(arg).is_file():
-        import tomllib
+        from ._io import read_toml
 
         path = Path(arg)
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_toml(path, ConfigError)
         if "model" not in data and "preset" not in data:  # a bare spec file
             try:
                 data = {"model": ModelSpec.from_dict(data).to_dict()}

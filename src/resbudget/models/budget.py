@@ -94,7 +94,7 @@ def summarize(spec: ModelSpec, model: nn.Module | None = None) -> Summary:
             continue  # leaves only: their sum is the total
         own = sum(p.numel() for p in module.parameters(recurse=False))
 
-        def hook(mod, _inp, out, name=name, own=own):  # noqa: ANN001
+        def hook(mod, _inp, out, name=name, own=own):
             rows.append(LayerRow(name, type(mod).__name__, tuple(out.shape[1:]), own, _macs(mod, out)))
 
         hooks.append(module.register_forward_hook(hook))

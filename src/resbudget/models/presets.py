@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .spec import ModelSpec
 
@@ -70,6 +70,10 @@ def deeper() -> ModelSpec:
 
 @register_preset("fast")
 def fast() -> ModelSpec:
-    """The default model: a light 4-stage ResNet (32/64/128/256, strides 1-2-2-2, one block each) for quick CPU runs."""
+    """The default model: 32-wide stem, stages 64/128/256/256 of one block, strides 2/2/2/1: 2,391,082 params.
+
+    Downsampling in the first stage keeps it cheap (64M MACs per image, about 1/7 of ``shallow``), so a useful
+    model trains in minutes on a 2-core CPU.
+    """
     return ModelSpec(stem_width=32, stage_widths=(64, 128, 256, 256), stage_blocks=(1, 1, 1, 1),
                      stage_strides=(2, 2, 2, 1))

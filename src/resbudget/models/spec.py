@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+
+from .._io import read_toml
 
 ShortcutKind = Literal["conv1x1", "conv3x3", "identity"]
 SHORTCUT_KINDS: tuple[str, ...] = ("conv1x1", "conv3x3", "identity")
@@ -81,7 +82,7 @@ class ModelSpec:
                 for v in [getattr(self, f.name)]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -92,14 +93,8 @@ class ModelSpec:
         return tomli_w.dumps(self.to_dict())
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "ModelSpec":
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SpecError(f"spec file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError(f"{path} is not valid TOML: {e}") from None
+    def from_toml(cls, path: str | Path) -> ModelSpec:
+        data = read_toml(path, SpecError)
         if "model" in data and isinstance(data["model"], dict):
             data = data["model"]
         return cls.from_dict(data)

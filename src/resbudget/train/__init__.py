@@ -1,8 +1,19 @@
 from .checkpoint import CheckpointError, load_model, load_state, save_state, save_weights
-from .config import (Config, ConfigError, DataConfig, OptimConfig, ScheduleConfig, TrainConfig, apply_overrides,
-                     config_from_dict, config_to_dict, config_to_toml, default_config, load_config)
-from .loop import (RunFolderError, TrainingError, evaluate, evaluate_checkpoint, make_optimizer, select_device,
-                   train)
+from .config import (
+                     Config,
+                     ConfigError,
+                     DataConfig,
+                     OptimConfig,
+                     ScheduleConfig,
+                     TrainConfig,
+                     apply_overrides,
+                     config_from_dict,
+                     config_to_dict,
+                     config_to_toml,
+                     default_config,
+                     load_config,
+)
+from .loop import RunFolderError, TrainingError, evaluate, evaluate_checkpoint, make_optimizer, select_device, train
 from .schedules import Schedule
 
 __all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "OptimConfig", "RunFolderError", "Schedule",

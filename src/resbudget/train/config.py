@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import tomli_w
 
+from .._io import read_toml
 from ..models import ModelSpec, SpecError, get_preset
 from ..models.budget import DEFAULT_BUDGET
 
@@ -250,13 +251,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         data = config_to_dict(default_config())
         data["model"] = {}  # the preset supplies the model; overrides change single fields
     elif Path(source).suffix == ".toml" or Path(source).is_file():
-        path = Path(source)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        data = read_toml(source, ConfigError)
     else:
         get_preset(str(source))  # an unknown name fails here, listing the presets
         data = {"preset": str(source)}

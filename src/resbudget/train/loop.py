@@ -5,18 +5,20 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from .._io import write_text
+from .._io import read_toml, write_text
 from ..data import CIFAR10, Augment, Split, load_cifar10, normalize, stratified_split
 from ..models import build_model, check_budget, count_params, summarize
 from .checkpoint import load_model, load_state, save_state, save_weights
@@ -58,7 +60,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def make_optimizer(config: Config, params) -> torch.optim.Optimizer:  # noqa: ANN001
+def make_optimizer(config: Config, params) -> torch.optim.Optimizer:
     o = config.optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
@@ -130,9 +132,7 @@ def _open_run_dir(out_dir: Path, config: Config | None, resume: bool) -> tuple[C
         cfg_path = out_dir / "config.toml"
         if not cfg_path.is_file():
             raise RunFolderError(f"--resume: {out_dir} holds no run (no config.toml)")
-        import tomllib
-
-        stored = config_from_dict(tomllib.loads(cfg_path.read_text(encoding="utf-8")))
+        stored = config_from_dict(read_toml(cfg_path, RunFolderError))
         if config is not None and config_to_dict(config) != config_to_dict(stored):
             raise RunFolderError(
                 f"--resume: the given config differs from the one stored in {cfg_path}; resume without a config "
@@ -173,8 +173,8 @@ def train(
     torch.manual_seed(t.seed)
     model = build_model(config.model)
     params = count_params(model)
-    macs = summarize(config.model, model).macs
-    warnings = summarize(config.model, model).warnings
+    model_summary = summarize(config.model, model)
+    macs, warnings = model_summary.macs, model_summary.warnings
     if not allow_over_budget:
         check_budget(params, t.budget)
     monitor_test = config.schedule.name == "plateau" and config.schedule.monitor == "test"
@@ -236,7 +236,7 @@ def train(
             correct += (logits.argmax(1) == y).sum()
             show.step(epoch + 1, step + 1, steps, float(loss) if show.live else 0.0)
         train_loss = float(loss_sum) / steps
-        if train_loss != train_loss or train_loss == float("inf"):
+        if not math.isfinite(train_loss):
             raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
         train_seconds = time.perf_counter() - epoch_start
         last = epoch + 1 == t.epochs
@@ -264,7 +264,7 @@ def train(
     final = log.rows[-1]
     summary = {
         "resbudget_version": __version__,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "preset": config.preset,
         "params": params,
         "macs": macs,
@@ -297,7 +297,7 @@ def train(
 def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | None = None, device: str = "auto",
                         batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None) -> dict[str, Any]:
     """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set."""
-    model, spec = load_model(path)
+    model, _ = load_model(path)
     dev = select_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last)
     data = data if data is not None else load_cifar10(data_dir)
