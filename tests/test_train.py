@@ -58,6 +58,8 @@ def test_study_mode_is_flagged_in_every_output(small_cifar, tmp_path, capsys):
                     tmp_path / "run", data=small_cifar, stream=sys.stdout)
     assert summary["plateau_watched_test"] is True and "TEST accuracy" in summary["notes"][0]
     assert "TEST accuracy" in capsys.readouterr().out
+    result = evaluate_checkpoint(tmp_path / "run", data=small_cifar)
+    assert "TEST accuracy" in result["notes"][0]
 
 
 class Interrupt(Exception):
@@ -86,6 +88,8 @@ def test_resumed_run_continues_from_its_last_epoch_and_matches(small_cifar, tmp_
     for (name, a), b in zip(full.state_dict().items(), cut.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert summary["test_accuracy"] == json.loads((tmp_path / "full" / "summary.json").read_text())["test_accuracy"]
+    # Resuming a finished run changes nothing and returns its summary.
+    assert train(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False) == summary
 
 
 def test_resume_refuses_a_different_config_and_start_refuses_a_used_folder(small_cifar, tmp_path):

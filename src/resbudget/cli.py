@@ -105,6 +105,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{result['checkpoint']}: test accuracy {100 * result['test_accuracy']:.2f}%  "
               f"loss {result['test_loss']:.4f}  ({result['params']:,} params, {result['images']:,} images)")
+        for note in result["notes"]:
+            print(f"note: {note}")
     return 0
 
 

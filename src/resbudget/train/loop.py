@@ -164,11 +164,12 @@ def train(
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
     config, state = _open_run_dir(out_dir, config, resume)
-    if resume and state is None and (out_dir / "summary.json").is_file():
-        return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     t = config.train
-    device = select_device(t.device)
     show = Progress(t.epochs, stream=stream, enabled=progress)
+    if resume and state is None and (out_dir / "summary.json").is_file():
+        show.message(f"{out_dir} is already finished ({t.epochs} epochs); nothing to resume")
+        return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    device = select_device(t.device)
 
     torch.manual_seed(t.seed)
     model = build_model(config.model)
@@ -302,5 +303,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | None = None,
     model = model.to(dev).to(memory_format=torch.channels_last)
     data = data if data is not None else load_cifar10(data_dir)
     loss, acc = evaluate(model, data.test.to(dev), batch_size=batch_size, precision=precision)
-    return {"checkpoint": str(path), "test_accuracy": acc, "test_loss": loss, "params": count_params(model),
-            "images": len(data.test), "precision": precision, "device": str(dev)}
+    result = {"checkpoint": str(path), "test_accuracy": acc, "test_loss": loss, "params": count_params(model),
+              "images": len(data.test), "precision": precision, "device": str(dev), "notes": []}
+    summary_path = Path(path) / "summary.json" if Path(path).is_dir() else Path(path).parent / "summary.json"
+    if summary_path.is_file() and json.loads(summary_path.read_text(encoding="utf-8")).get("plateau_watched_test"):
+        result["notes"].append(STUDY_MODE_NOTE)
+    return result
