@@ -63,3 +63,25 @@ def test_train_then_eval(capsys, tmp_path, data_dir):
     code, out, _ = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir), "--json")
     result = json.loads(out)
     assert code == 0 and {"test_accuracy", "test_loss"} <= set(result) and result["images"] == 10_000
+
+
+def test_interrupted_run_resumes_from_the_cli(capsys, tmp_path, data_dir):
+    from resbudget.train import load_config, train
+
+    config = load_config("shallow", [a for a in TINY_SETS if a != "--set"] + [
+        "train.epochs=2", "data.train_limit=256", "data.test_limit=200", "train.batch_size=64",
+        f"data.data_dir='{tmp_path / 'moved'}'"])
+
+    def stop(epoch, _row):
+        raise KeyboardInterrupt
+
+    from resbudget.data import load_cifar10
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", data=load_cifar10(data_dir), progress=False, on_epoch_end=stop)
+    # The stored data_dir no longer exists; --data-dir says where the data is now.
+    code, out, err = run(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--data-dir", str(data_dir),
+                         "--json")
+    assert code == 0, err
+    assert "resuming" in err and "epoch 2/2" in err and "epoch 1/2" not in err
+    assert json.loads(out)["epochs"] == 2

@@ -79,17 +79,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
-    config = None
+    config, data = None, None
     if not args.resume or args.config or args.set:
         config = load_config(args.config, _overrides(args))
+    data_dir = (config.data.data_dir if config else args.data_dir) or None
     if args.download:
-        download_cifar10((config.data.data_dir if config else args.data_dir) or None)
+        download_cifar10(data_dir)
+    if args.resume and config is None and args.data_dir:
+        # The stored config keeps its own data_dir; the data may have moved since (it is verified either way).
+        from .data import load_cifar10
+
+        data = load_cifar10(args.data_dir)
     out = args.out
     if out is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{(config.preset if config and config.preset else 'custom')}-{stamp}"
     summary = train(config, out, resume=args.resume, allow_over_budget=args.allow_over_budget,
-                    progress=not args.quiet)
+                    progress=not args.quiet, data=data)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0

@@ -235,7 +235,7 @@ def train(
             optimizer.step()
             loss_sum += loss.detach().float()
             correct += (logits.argmax(1) == y).sum()
-            show.step(epoch + 1, step + 1, steps, float(loss) if show.live else 0.0)
+            show.step(epoch + 1, step + 1, steps, loss.detach())
         train_loss = float(loss_sum) / steps
         if not math.isfinite(train_loss):
             raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from .._io import write_text
 
 COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
@@ -64,9 +66,11 @@ class Progress:
             self.live = False
         self._last = 0.0
 
-    def step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+    def step(self, epoch: int, step: int, steps: int, loss: float | torch.Tensor) -> None:
+        """``loss`` may be a device tensor: it is read (a device sync) only when the line is redrawn."""
         if not self.live or (time.monotonic() - self._last < 0.2 and step < steps):
             return
+        loss = float(loss)
         self._last = time.monotonic()
         width = 24
         filled = int(width * step / steps)
