@@ -12,7 +12,7 @@ def real_data_dir() -> Path | None:
     candidates = [os.environ.get("RESBUDGET_DATA_DIR"), REPO.parent / "shared" / "cifar10"]
     for c in candidates:
         if c and (Path(c) / "cifar-10-batches-bin").is_dir():
-            return Path(c)
+            return Path(c).resolve()
     return None
 
 
