@@ -18,7 +18,11 @@ from resbudget.models import (
     summarize,
 )
 
-EXPECTED_PARAMS = {"resnet18": 11_173_962, "shallow": 2_777_674, "deeper": 4_997_386, "fast": 2_391_082}
+EXPECTED_PARAMS = {
+    "resnet18": 11_173_962, "shallow": 2_777_674, "deeper": 4_997_386, "fast": 2_391_082,
+    "narrow": 2_768_490, "narrow-conv3x3": 3_112_554, "narrow-identity": 2_725_610, "narrow-dense": 3_151_786,
+    "deeper-const-stride": 4_997_386,
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
@@ -43,7 +47,7 @@ def test_forward_shape_finite_and_every_parameter_gets_a_gradient(name):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(UnknownPresetError, match="available presets: deeper, fast, resnet18, shallow"):
+    with pytest.raises(UnknownPresetError, match="available presets: deeper, deeper-const-stride, fast, narrow"):
         get_preset("resnet19")
 
 
@@ -60,7 +64,6 @@ def test_spec_toml_round_trip(tmp_path):
     ({"stage_strides": (1, 3, 2)}, "stage_strides must be 1 or 2"),
     ({"shortcut": "conv5x5"}, "shortcut must be one of"),
     ({"stage_widths": (64, 0, 256)}, "positive integers"),
-    ({"stem_width": 128, "shortcut": "identity"}, "widths may not shrink"),
 ])
 def test_bad_spec_is_rejected_with_the_reason(change, message):
     with pytest.raises(SpecError, match=message):
@@ -81,6 +84,18 @@ def test_shortcut_kinds_change_parameters_as_expected():
     assert conv3 - conv1 == 8 * (64 * 128 + 128 * 256)
     # Identity drops both projections and their BatchNorms (2 * (128 + 256) parameters).
     assert conv1 - ident == 64 * 128 + 128 * 256 + 2 * (128 + 256)
+
+
+def test_identity_shortcut_projects_only_where_the_width_shrinks():
+    from resbudget.models.blocks import IdentityShortcut
+
+    spec = ModelSpec(stem_width=64, stage_widths=(16, 64), stage_blocks=(1, 1), stage_strides=(1, 2),
+                     shortcut="identity")
+    model = build_model(spec)
+    first, second = model.stages[0][0].shortcut, model.stages[1][0].shortcut
+    assert isinstance(first[0], torch.nn.Conv2d) and first[0].kernel_size == (1, 1)  # 64 -> 16
+    assert isinstance(second, IdentityShortcut)  # 16 -> 64 at stride 2
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_identity_shortcut_pads_channels_and_pools():
@@ -129,3 +144,14 @@ def test_budget_check_names_the_numbers():
     check_budget(4_999_999)
     with pytest.raises(BudgetError, match=r"11,173,962 parameters, 6,173,962 over the budget of 5,000,000"):
         check_budget(11_173_962)
+
+
+def test_identity_saving_is_the_studys_1_57_percent():
+    saved = count_params(build_model(get_preset("narrow"))) - count_params(build_model(get_preset("narrow-identity")))
+    assert saved == 42_880
+    assert round(100 * saved / EXPECTED_PARAMS["narrow-identity"], 2) == 1.57
+
+
+def test_const_stride_preset_warns_and_alternating_does_not():
+    assert spec_warnings(get_preset("deeper")) == []
+    assert len(spec_warnings(get_preset("deeper-const-stride"))) == 1

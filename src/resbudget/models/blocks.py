@@ -26,8 +26,10 @@ class IdentityShortcut(nn.Module):
 def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module:
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
-    if kind == "identity":
+    if kind == "identity" and out_channels >= in_channels:
         return IdentityShortcut(in_channels, out_channels, stride)
+    if kind == "identity":  # narrowing: zero-padding cannot drop channels, project instead
+        kind = "conv1x1"
     kernel = {"conv1x1": 1, "conv3x3": 3}[kind]
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
