@@ -121,3 +121,37 @@ def test_shipped_config_files_load():
     for path in files:
         c = load_config(path)
         assert c.preset and c.train.epochs >= 1
+
+
+def test_the_package_api_imports():
+    import resbudget
+    import resbudget.train as train_pkg
+
+    assert callable(train_pkg.train) and callable(resbudget.load_config)
+    assert resbudget.get_preset("shallow") == load_config("shallow").model
+
+
+def test_scale_epochs_scales_every_schedule_length():
+    from resbudget.train import scale_epochs
+
+    c = load_config("shallow", ["schedule.name=step", "schedule.milestones=[50, 75]", "schedule.patience=10",
+                                "schedule.warmup_epochs=5", "schedule.t_max=100"])
+    s = scale_epochs(c, 10)
+    assert s.train.epochs == 10 and s.schedule.milestones == (5, 7.5) and s.schedule.patience == 1
+    assert s.schedule.warmup_epochs == 0.5 and s.schedule.t_max == 10
+    assert s.model == c.model and s.optim == c.optim
+    # The lr curve keeps its shape: at the same fraction of training, the same lr.
+    full = Schedule(c.schedule, 0.1, 100)
+    short = Schedule(s.schedule, 0.1, 10)
+    assert [full.lr(e) for e in (0, 49, 50, 74, 75)] == pytest.approx([short.lr(e / 10) for e in (0, 49, 50, 74, 75)])
+    cos = load_config("shallow")
+    assert Schedule(scale_epochs(cos, 4).schedule, 0.1, 4).lr(2) == pytest.approx(Schedule(cos.schedule, 0.1, 100).lr(50))
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        scale_epochs(c, 0)
+
+
+def test_experiment_section_carries_paper_numbers(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('preset = "shallow"\n[experiment]\nname = "x"\npaper_accuracy = [94.55]\n')
+    c = load_config(path)
+    assert c.experiment.paper_accuracy == (94.55,) and c.experiment.name == "x"

@@ -13,8 +13,9 @@ from .models import (
                      register_preset,
                      summarize,
 )
-from .train import Config, default_config, evaluate_checkpoint, load_config, load_model, train
+# The training function stays in its module (resbudget.train.train): re-exported here, it would hide the package.
+from .train import Config, default_config, evaluate_checkpoint, load_config, load_model
 
 __all__ = ["Config", "ModelSpec", "__version__", "build_model", "check_budget", "count_params", "default_config",
            "evaluate_checkpoint", "get_preset", "list_presets", "load_cifar10", "load_config", "load_model",
-           "register_preset", "summarize", "train"]
+           "register_preset", "summarize"]

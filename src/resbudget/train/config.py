@@ -60,7 +60,7 @@ class ScheduleConfig:
     monitor: Literal["val", "test"] = "val"  # plateau watches validation accuracy; "test" reproduces the study
     warmup_epochs: float = 0.0  # warmup: linear ramp from 0, then decay
     decay: Literal["linear", "cosine"] = "linear"
-    milestones: tuple[int, ...] = ()  # step: epochs at which the lr is multiplied by gamma
+    milestones: tuple[float, ...] = ()  # step: epochs at which the lr is multiplied by gamma
     gamma: float = 0.1
 
 
@@ -80,6 +80,16 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentConfig:
+    """What a run is for, carried into its summary: a name, and the study's reported numbers to compare with."""
+
+    name: str = ""
+    description: str = ""
+    paper_accuracy: tuple[float, ...] = ()  # the study's reported final test accuracy (%), where it gives one
+    paper_note: str = ""  # where the number comes from, and what was read into an ambiguous text
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelSpec = field(default_factory=lambda: get_preset("shallow"))
     preset: str = ""  # the preset the model started from, for the record
@@ -87,6 +97,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def __post_init__(self) -> None:
         s, t = self.schedule, self.train
@@ -176,7 +187,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in data.items()})
 
 
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+             "experiment": ExperimentConfig}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -271,3 +283,20 @@ def default_config() -> Config:
         schedule=ScheduleConfig(name="warmup", warmup_epochs=1.0, decay="linear"),
         train=TrainConfig(epochs=15, batch_size=256, label_smoothing=0.1),
     )
+
+
+def scale_epochs(config: Config, epochs: int) -> Config:
+    """The same recipe over ``epochs`` epochs: every schedule length (cosine period, warm-up, milestones, plateau
+    patience) is scaled by ``epochs / config.train.epochs``, so a 100-epoch study can run at a fraction of its cost."""
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    factor = epochs / config.train.epochs
+    s = config.schedule
+    schedule = dataclasses.replace(
+        s,
+        t_max=s.t_max * factor,
+        warmup_epochs=s.warmup_epochs * factor,
+        milestones=tuple(m * factor for m in s.milestones),
+        patience=max(0, round(s.patience * factor)),
+    )
+    return dataclasses.replace(config, schedule=schedule, train=dataclasses.replace(config.train, epochs=epochs))
