@@ -116,6 +116,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    out = args.out or Path("runs") / f"study-{Path(args.study).name}" / (f"e{args.epochs}" if args.epochs else "full")
+    summaries = run_study(args.study, out, only=args.only or (), epochs=args.epochs, seeds=args.seeds,
+                          data_dir=args.data_dir, progress=not args.quiet)
+    width = max(len(s["experiment"]) for s in summaries)
+    print(f"{'experiment':<{width}}  seed  epochs  test acc  paper")
+    for s in summaries:
+        paper = ", ".join(f"{a:g}" for a in s["config"]["experiment"]["paper_accuracy"]) or "-"
+        flag = "  (plateau watched test)" if s["plateau_watched_test"] else ""
+        print(f"{s['experiment']:<{width}}  {s['seed']:>4}  {s['epochs']:>6}  {100 * s['test_accuracy']:7.2f}%  "
+              f"{paper}{flag}")
+    print(f"runs in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resbudget", description="ResNets for CIFAR-10 under a parameter budget.")
     p.add_argument("--version", action="version", version=f"resbudget {__version__}")
@@ -144,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("study", help="run a study's experiments (e.g. paper), resumably, optionally at fewer epochs")
+    s.add_argument("study", metavar="NAME|DIR", help="a folder of experiment configs, or its name under experiments/")
+    s.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
+    s.add_argument("--epochs", type=int, help="scale every schedule to this many epochs (default: as written)")
+    s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per experiment (default 1)")
+    s.add_argument("--out", type=Path, metavar="DIR", help="default runs/study-NAME/eE (or full)")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_study)
+
     s = sub.add_parser("eval", help="test accuracy of a run folder or checkpoint")
     s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     s.add_argument("--data-dir", metavar="DIR")
@@ -157,13 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models import BudgetError, SpecError, UnknownPresetError
+    from .study import StudyError
     from .train import CheckpointError, ConfigError, RunFolderError, TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,
-            TrainingError, ValueError) as e:
+            TrainingError, StudyError, ValueError) as e:
         print(f"resbudget {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

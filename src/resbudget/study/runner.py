@@ -1,0 +1,86 @@
+"""Run a set of experiment configs (a "study"), each over several seeds, resumably, optionally at a reduced budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from .._io import write_text
+from ..data import CIFAR10, load_cifar10
+from ..train import Config, ConfigError, load_config, scale_epochs, train
+
+# A source checkout keeps its studies in <repo>/experiments/<name>/; the current folder's experiments/ comes first.
+_REPO_EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
+
+
+class StudyError(ValueError):
+    pass
+
+
+def find_study(study: str | os.PathLike) -> Path:
+    """A folder of experiment TOML files, given by path or by name (``paper``)."""
+    path = Path(study)
+    candidates = [path, Path("experiments") / path, _REPO_EXPERIMENTS / path]
+    for c in candidates:
+        if c.is_dir() and any(c.glob("*.toml")):
+            return c
+    looked = ", ".join(str(c) for c in candidates)
+    raise StudyError(f"no study {str(study)!r}: no folder of experiment .toml files at {looked}")
+
+
+def load_study(study: str | os.PathLike, only: list[str] | tuple[str, ...] = ()) -> list[tuple[str, Config]]:
+    """(name, config) per experiment file, sorted by name; ``only`` keeps the named ones (unknown names are errors)."""
+    folder = find_study(study)
+    experiments = []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            config = load_config(path)
+        except (ConfigError, ValueError) as e:
+            raise StudyError(f"{path}: {e}") from None
+        experiments.append((config.experiment.name or path.stem, config))
+    names = [n for n, _ in experiments]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise StudyError(f"unknown experiment {unknown[0]!r} in {folder}; available: {', '.join(names)}")
+    return [(n, c) for n, c in experiments if not only or n in only]
+
+
+def study_configs(study: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (), epochs: int | None = None,
+                  seeds: int = 1, data_dir: str | None = None) -> list[tuple[str, int, Config]]:
+    """Every (experiment, seed, resolved config) of the study, at ``epochs`` if given."""
+    if seeds < 1:
+        raise StudyError(f"seeds must be >= 1, got {seeds}")
+    runs = []
+    for name, config in load_study(study, only):
+        if epochs is not None:
+            config = scale_epochs(config, epochs)
+        if data_dir:
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(data_dir)))
+        for seed in range(seeds):
+            runs.append((name, seed, dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))))
+    return runs
+
+
+def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (),
+              epochs: int | None = None, seeds: int = 1, data_dir: str | None = None, data: CIFAR10 | None = None,
+              progress: bool = True, stream: TextIO | None = None) -> list[dict[str, Any]]:
+    """Train every run into ``out_dir/<experiment>/seed<N>``. A finished run is skipped, an interrupted one resumed;
+    a folder holding a run of another config is an error (choose another --out)."""
+    runs = study_configs(study, only=only, epochs=epochs, seeds=seeds, data_dir=data_dir)
+    out_dir = Path(out_dir)
+    summaries = []
+    for i, (name, seed, config) in enumerate(runs, 1):
+        run_dir = out_dir / name / f"seed{seed}"
+        if progress:
+            print(f"[{i}/{len(runs)}] {name} seed {seed} -> {run_dir}", file=stream, flush=True)
+        if data is None:  # loaded and verified once for the whole study
+            data = load_cifar10(config.data.data_dir or None)
+        started = (run_dir / "config.toml").is_file()  # finished or interrupted: resume (a finished run returns at once)
+        summary = train(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
+        summaries.append({"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary})
+    write_text(out_dir / "study.json", json.dumps(
+        [{k: v for k, v in s.items() if k != "config"} for s in summaries], indent=2) + "\n")
+    return summaries

@@ -1,0 +1,108 @@
+import dataclasses
+import json
+import math
+
+import pytest
+
+from resbudget.models import build_model, count_params
+from resbudget.study import StudyError, load_study, run_study, study_configs
+from resbudget.train import RunFolderError, scale_epochs, train
+
+from .conftest import TINY
+
+PAPER = load_study("paper")
+
+
+def test_the_paper_study_has_every_experiment():
+    names = {n for n, _ in PAPER}
+    assert {"arch-resnet18", "arch-narrow", "arch-deeper-plateau", "arch-deeper-const-stride-plateau",
+            "shallow-cosine-lr0.1", "shallow-cosine-lr0.01", "shallow-plateau", "arch-narrow-conv3x3",
+            "arch-narrow-identity", "arch-narrow-dense", "optim-adam", "plateau-sqrt10", "no-weight-decay",
+            "rotation30"} <= names
+    for name, config in PAPER:
+        assert config.experiment.name == name and config.experiment.description
+        assert count_params(build_model(config.model)) <= config.train.budget, name
+
+
+@pytest.mark.parametrize("name, config", PAPER, ids=[n for n, _ in PAPER])
+def test_every_experiment_builds_and_takes_a_training_step_on_real_images(name, config, small_cifar, tmp_path):
+    small = dataclasses.replace(
+        scale_epochs(config, 1),
+        data=dataclasses.replace(config.data, val_size=64 if config.data.val_size else 0, train_limit=64,
+                                 test_limit=64),
+        train=dataclasses.replace(config.train, epochs=1, batch_size=64, eval_batch_size=64),
+    )
+    summary = train(small, tmp_path / name, data=small_cifar, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and math.isfinite(rows[0]["train_loss"])
+    assert summary["config"]["experiment"]["paper_accuracy"] == list(config.experiment.paper_accuracy)
+
+
+def _tiny_study(folder, names=("a", "b")):
+    folder.mkdir()
+    for i, name in enumerate(names):
+        (folder / f"{name}.toml").write_text(
+            f'preset = "shallow"\n[model]\nstem_width = {TINY.stem_width}\nstage_widths = {list(TINY.stage_widths)}\n'
+            f"stage_blocks = {list(TINY.stage_blocks)}\nstage_strides = {list(TINY.stage_strides)}\n"
+            f'[experiment]\nname = "{name}"\npaper_accuracy = [{90 + i}]\n'
+            f"[data]\ntrain_limit = 128\ntest_limit = 64\n"
+            f"[train]\nepochs = 100\nbatch_size = 64\n[schedule]\nname = \"step\"\nmilestones = [50]\n")
+    return folder
+
+
+def test_epochs_scales_the_schedules_of_a_study(tmp_path):
+    study = _tiny_study(tmp_path / "s")
+    runs = study_configs(study, epochs=4, seeds=2)
+    assert [(n, s) for n, s, _ in runs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert all(c.train.epochs == 4 and c.schedule.milestones == (2.0,) for _, _, c in runs)
+    assert [c.train.seed for _, _, c in runs] == [0, 1, 0, 1]
+    assert study_configs(study)[0][2].train.epochs == 100
+
+
+def test_study_runs_skips_finished_runs_and_rejects_unknown_names(tmp_path, small_cifar, capsys):
+    study = _tiny_study(tmp_path / "s")
+    out = tmp_path / "out"
+    first = run_study(study, out, epochs=1, seeds=2, data=small_cifar, progress=False)
+    assert [(s["experiment"], s["seed"]) for s in first] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert first[0]["test_accuracy"] is not None
+    assert (out / "a" / "seed1" / "summary.json").is_file() and (out / "study.json").is_file()
+    again = run_study(study, out, epochs=1, seeds=2, data=small_cifar, progress=False)
+    assert [s["date"] for s in again] == [s["date"] for s in first]  # nothing retrained
+    only = run_study(study, out, only=["b"], epochs=1, data=small_cifar, progress=False)
+    assert [s["experiment"] for s in only] == ["b"]
+    with pytest.raises(StudyError, match="unknown experiment 'c'.*available: a, b"):
+        run_study(study, out, only=["c"], data=small_cifar, progress=False)
+    with pytest.raises(StudyError, match="no study 'nothing-here'"):
+        load_study("nothing-here")
+
+
+def test_study_resumes_an_interrupted_run(tmp_path, small_cifar):
+    study = _tiny_study(tmp_path / "s", names=("a",))
+    out = tmp_path / "out"
+    (_, _, config), = study_configs(study, epochs=2)
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, _row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(config, out / "a" / "seed0", data=small_cifar, progress=False, on_epoch_end=stop)
+    (summary,) = run_study(study, out, epochs=2, data=small_cifar, progress=False)
+    rows = (out / "a" / "seed0" / "metrics.jsonl").read_text().splitlines()
+    assert summary["epochs"] == 2 and len(rows) == 2
+    with pytest.raises(RunFolderError, match="differs from the one stored"):
+        run_study(study, out, epochs=3, data=small_cifar, progress=False)
+
+
+def test_study_from_the_cli(tmp_path, data_dir, capsys):
+    from resbudget.cli import main
+
+    study = _tiny_study(tmp_path / "s", names=("a",))
+    code = main(["study", str(study), "--epochs", "1", "--out", str(tmp_path / "out"), "--data-dir", str(data_dir),
+                 "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "a" in out and "90" in out and "runs in" in out
+    assert main(["study", str(study), "--only", "zzz"]) == 2
+    assert "unknown experiment 'zzz'" in capsys.readouterr().err
