@@ -133,6 +133,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.runs, args.out, title=args.title, figures=not args.no_figures)
+    print(path.read_text(encoding="utf-8") if args.print else f"report written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resbudget", description="ResNets for CIFAR-10 under a parameter budget.")
     p.add_argument("--version", action="version", version=f"resbudget {__version__}")
@@ -171,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_study)
 
+    s = sub.add_parser("report", help="Markdown/CSV tables and PNG figures from run folders")
+    s.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="folders searched for finished runs")
+    s.add_argument("--out", type=Path, default=Path("report"), metavar="DIR", help="default ./report")
+    s.add_argument("--title", default="resbudget report")
+    s.add_argument("--no-figures", action="store_true", help="tables only")
+    s.add_argument("--print", action="store_true", help="print report.md when done")
+    s.set_defaults(func=cmd_report)
+
     s = sub.add_parser("eval", help="test accuracy of a run folder or checkpoint")
     s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     s.add_argument("--data-dir", metavar="DIR")
@@ -184,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models import BudgetError, SpecError, UnknownPresetError
+    from .report import ReportError
     from .study import StudyError
     from .train import CheckpointError, ConfigError, RunFolderError, TrainingError
 
@@ -191,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,
-            TrainingError, StudyError, ValueError) as e:
+            TrainingError, StudyError, ReportError, ValueError) as e:
         print(f"resbudget {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,131 @@
+"""Gather finished run folders and reduce them to one row per experiment (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ReportError(ValueError):
+    pass
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def experiment(self) -> str:
+        exp = self.summary["config"].get("experiment", {})
+        return exp.get("name") or self.summary.get("preset") or self.path.name
+
+
+@dataclass
+class Row:
+    experiment: str
+    model: str
+    params: int
+    macs: int
+    epochs: int
+    schedule: str
+    optimizer: str
+    seeds: list[int]
+    accuracies: list[float]  # final-epoch test accuracy of each seed, in %
+    wall_seconds: float  # mean over seeds
+    paper_accuracy: list[float]
+    watched_test: bool
+    description: str = ""
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+
+def find_runs(roots: list[str | os.PathLike]) -> list[Run]:
+    """Every finished run (a folder with summary.json) under ``roots``; unfinished ones are left out."""
+    runs = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise ReportError(f"{root} does not exist")
+        for summary_path in sorted(root.rglob("summary.json")):
+            folder = summary_path.parent
+            try:
+                summary = json.loads(summary_path.read_text(encoding="utf-8"))
+                metrics = [json.loads(line) for line in
+                           (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+            except (OSError, json.JSONDecodeError) as e:
+                raise ReportError(f"{folder}: unreadable run ({e})") from None
+            if "config" not in summary or "test_accuracy" not in summary:
+                raise ReportError(f"{summary_path}: not a resbudget run summary")
+            runs.append(Run(folder, summary, metrics))
+    if not runs:
+        raise ReportError(f"no finished runs (summary.json) under {', '.join(map(str, roots))}")
+    return runs
+
+
+def describe_schedule(config: dict[str, Any]) -> str:
+    s, o = config["schedule"], config["optim"]
+    lr = f"lr {o['lr']:g}"
+    if s["name"] == "plateau":
+        factor = "÷√10" if abs(s["factor"] - 10 ** -0.5) < 1e-6 else f"×{s['factor']:g}"
+        return f"plateau {factor} p{s['patience']} ({s['monitor']}), {lr}"
+    if s["name"] == "warmup":
+        return f"warm-up {s['warmup_epochs']:g} + {s['decay']}, {lr}"
+    if s["name"] == "step":
+        return f"step {s['milestones']}, {lr}"
+    return f"{s['name']}, {lr}"
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """What must match between seeds of one experiment: all but the seed, the data's location and the device."""
+    out = {k: v for k, v in config.items() if k not in ("train", "data")}
+    out["train"] = {k: v for k, v in config["train"].items() if k not in ("seed", "device")}
+    out["data"] = {k: v for k, v in config["data"].items() if k != "data_dir"}
+    return out
+
+
+def summarize_runs(runs: list[Run]) -> list[Row]:
+    """One row per experiment, in the order first seen; seeds of one experiment must share everything else."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.experiment, []).append(run)
+    rows = []
+    for name, group in groups.items():
+        first = group[0].summary
+        config = first["config"]
+        seen: dict[int, Path] = {}
+        for run in group:
+            if run.summary["seed"] in seen:
+                raise ReportError(f"experiment {name!r} has two runs with seed {run.summary['seed']}: "
+                                  f"{seen[run.summary['seed']]} and {run.path}; report one of them")
+            seen[run.summary["seed"]] = run.path
+        for other in group[1:]:
+            if _recipe(config) != _recipe(other.summary["config"]) or other.summary["epochs"] != first["epochs"]:
+                raise ReportError(f"runs of experiment {name!r} differ in more than the seed: {group[0].path} vs "
+                                  f"{other.path}")
+        o = config["optim"]
+        optimizer = o["name"] + (" nesterov" if o["name"] == "sgd" and o.get("nesterov") else "")
+        if o["weight_decay"] == 0:
+            optimizer += ", no wd"
+        rows.append(Row(
+            experiment=name, model=first.get("preset") or "custom", params=first["params"], macs=first["macs"],
+            epochs=first["epochs"], schedule=describe_schedule(config), optimizer=optimizer,
+            seeds=[r.summary["seed"] for r in group], accuracies=[100 * r.summary["test_accuracy"] for r in group],
+            wall_seconds=statistics.mean(r.summary["wall_seconds"] for r in group),
+            paper_accuracy=list(config.get("experiment", {}).get("paper_accuracy", [])),
+            watched_test=any(r.summary.get("plateau_watched_test") for r in group),
+            description=config.get("experiment", {}).get("description", ""), runs=group,
+        ))
+    return rows

@@ -1,0 +1,106 @@
+"""PNG figures: learning curves per experiment, a comparison chart, and an architecture diagram per model."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, safe in CI
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import FancyBboxPatch  # noqa: E402
+
+from ..models import ModelSpec, build_model, count_params, stage_sizes  # noqa: E402
+from .collect import Row  # noqa: E402
+
+
+def _mean_curve(row: Row, key: str) -> tuple[list[int], list[float]]:
+    by_epoch: dict[int, list[float]] = {}
+    for run in row.runs:
+        for m in run.metrics:
+            if m.get(key) is not None:
+                by_epoch.setdefault(m["epoch"], []).append(m[key])
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.mean(by_epoch[e]) for e in epochs]
+
+
+def plot_curves(row: Row, path: Path) -> Path:
+    """Loss and accuracy per epoch (train, validation, test), averaged over seeds: the study's Figure 3 form."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
+        for ax, key, scale in ((ax_loss, f"{split}_loss", 1), (ax_acc, f"{split}_acc", 100)):
+            epochs, values = _mean_curve(row, key)
+            if epochs:
+                ax.plot(epochs, [v * scale for v in values], style, marker=".", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    seeds = f"{len(row.runs)} seed{'s' if len(row.runs) > 1 else ''}"
+    fig.suptitle(f"{row.experiment} ({row.model}, {row.params:,} params, {seeds}; train accuracy is on augmented "
+                 "images)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_comparison(rows: list[Row], path: Path) -> Path:
+    """Our final test accuracy (mean ± std over seeds) beside the study's reported number, one bar per experiment."""
+    rows = sorted(rows, key=lambda r: r.mean)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    ys = range(len(rows))
+    ax.barh(list(ys), [r.mean for r in rows], xerr=[r.std for r in rows], color="#4c72b0", alpha=0.85,
+            label="ours (final epoch, mean ± std)")
+    paper_y = [y for y, r in zip(ys, rows) if r.paper_accuracy]
+    paper_x = [r.paper_accuracy[0] for r in rows if r.paper_accuracy]
+    if paper_x:
+        ax.scatter(paper_x, paper_y, marker="D", color="#dd8452", zorder=3, label="the study's reported")
+    ax.set_yticks(list(ys), [f"{r.experiment}{' †' if r.watched_test else ''} ({r.epochs} ep)" for r in rows])
+    low = min([r.mean - r.std for r in rows] + paper_x)
+    ax.set_xlim(max(0.0, low - 5), 100)
+    ax.set_xlabel("test accuracy (%)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
+    """Stem, stages (blocks, width, stride, output size, shortcut), pooling and head, top to bottom."""
+    sizes = stage_sizes(spec)
+    collapsed = 1 in sizes[:-1]  # the map is 1x1 before the last stage: those stages are drawn in orange
+    boxes = [(f"input  {spec.in_channels}×{spec.image_size}×{spec.image_size}", "#eeeeee"),
+             (f"stem: conv 3×3, {spec.stem_width} ch, BN, ReLU  →  {spec.stem_width}×{spec.image_size}×"
+              f"{spec.image_size}", "#c6dbef")]
+    for i, (w, b, s, size) in enumerate(zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides, sizes)):
+        color = "#f4a582" if size == 1 and collapsed else "#9ecae1"
+        boxes.append((f"stage {i + 1}: {b} × basic block, {w} ch, stride {s}  →  {w}×{size}×{size}   "
+                      f"(shortcut {spec.shortcut})", color))
+    boxes.append((f"global average pool  →  {spec.stage_widths[-1]}", "#eeeeee"))
+    for h in spec.head_hidden:
+        boxes.append((f"linear {h}, ReLU", "#c7e9c0"))
+    boxes.append((f"linear  →  {spec.num_classes} classes", "#a1d99b"))
+
+    height = 0.62 * len(boxes) + 0.9
+    fig, ax = plt.subplots(figsize=(8.5, height))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, len(boxes))
+    ax.axis("off")
+    for k, (text, color) in enumerate(boxes):
+        y = len(boxes) - k - 0.5
+        ax.add_patch(FancyBboxPatch((0.04, y - 0.3), 0.92, 0.6, boxstyle="round,pad=0.01", fc=color, ec="#333333"))
+        ax.text(0.5, y, text, ha="center", va="center", fontsize=8.5)
+        if k < len(boxes) - 1:
+            ax.annotate("", xy=(0.5, y - 0.5), xytext=(0.5, y - 0.3), arrowprops={"arrowstyle": "->", "lw": 1})
+    note = "  (orange: stages on 1×1 maps)" if collapsed else ""
+    ax.set_title(f"{name}: {count_params(build_model(spec)):,} parameters{note}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
