@@ -210,7 +210,6 @@ def train(
     n, bs = len(train_split), t.batch_size
     steps = n // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
 
-    row: dict[str, Any] = {}
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
         g = _epoch_generator(t.seed, epoch, device)
