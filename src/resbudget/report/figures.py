@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, safe in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..models import ModelSpec, build_model, count_params, stage_sizes  # noqa: E402
 from .collect import Row  # noqa: E402
@@ -36,6 +37,7 @@ def plot_curves(row: Row, path: Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     seeds = f"{len(row.runs)} seed{'s' if len(row.runs) > 1 else ''}"
@@ -48,7 +50,7 @@ def plot_curves(row: Row, path: Path) -> Path:
 def plot_comparison(rows: list[Row], path: Path) -> Path:
     """Our final test accuracy (mean ± std over seeds) beside the study's reported number, one bar per experiment."""
     rows = sorted(rows, key=lambda r: r.mean)
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
     ys = range(len(rows))
     ax.barh(list(ys), [r.mean for r in rows], xerr=[r.std for r in rows], color="#4c72b0", alpha=0.85,
             label="ours (final epoch, mean ± std)")
@@ -61,7 +63,7 @@ def plot_comparison(rows: list[Row], path: Path) -> Path:
     ax.set_xlim(max(0.0, low - 5), 100)
     ax.set_xlabel("test accuracy (%)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, fontsize=8, frameon=False)  # above: never on a bar
     fig.tight_layout()
     return _save(fig, path)
 
