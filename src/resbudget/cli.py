@@ -102,10 +102,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .ensemble import is_ensemble, load_ensemble
     from .train import evaluate_checkpoint
 
+    model = load_ensemble(args.checkpoint) if is_ensemble(args.checkpoint) else None
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
-                                 precision=args.precision)
+                                 precision=args.precision, model=model)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -187,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print", action="store_true", help="print report.md when done")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("eval", help="test accuracy of a run folder or checkpoint")
-    s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    s = sub.add_parser("eval", help="test accuracy of a run folder, checkpoint or ensemble folder")
+    s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|ENSEMBLE_DIR")
     s.add_argument("--data-dir", metavar="DIR")
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")

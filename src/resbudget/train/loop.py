@@ -295,9 +295,12 @@ def train(
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | None = None, device: str = "auto",
-                        batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None) -> dict[str, Any]:
-    """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set."""
-    model, _ = load_model(path)
+                        batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None,
+                        model: nn.Module | None = None) -> dict[str, Any]:
+    """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
+    already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities)."""
+    if model is None:
+        model, _ = load_model(path)
     dev = select_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last)
     data = data if data is not None else load_cifar10(data_dir)

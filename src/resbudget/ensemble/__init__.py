@@ -1,0 +1,5 @@
+from .combine import RULES, ensemble_metrics, majority_vote, mean_logits, mean_softmax, predict
+from .model import Ensemble, check_ensemble_budget, is_ensemble, load_ensemble, save_ensemble
+
+__all__ = ["RULES", "Ensemble", "check_ensemble_budget", "ensemble_metrics", "is_ensemble", "load_ensemble",
+           "majority_vote", "mean_logits", "mean_softmax", "predict", "save_ensemble"]

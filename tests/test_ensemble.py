@@ -1,0 +1,77 @@
+import dataclasses
+
+import pytest
+import torch
+
+from resbudget.ensemble import (Ensemble, check_ensemble_budget, ensemble_metrics, load_ensemble, majority_vote,
+                                mean_logits, mean_softmax, predict, save_ensemble)
+from resbudget.models import BudgetError, build_model, count_params
+
+from .conftest import TINY
+
+
+def test_mean_softmax_equals_a_hand_computation():
+    logits = torch.tensor([[[0.0, 0.0]], [[0.0, torch.log(torch.tensor(3.0))]]])  # member probs (.5,.5), (.25,.75)
+    assert torch.allclose(mean_softmax(logits), torch.tensor([[0.375, 0.625]]))
+    assert torch.allclose(mean_logits(logits), torch.tensor([[0.0, torch.log(torch.tensor(3.0)) / 2]]))
+
+
+def test_majority_vote_and_its_tie_break():
+    # Three members, one image, three classes: votes 0, 1, 1 -> class 1 wins outright.
+    logits = torch.tensor([[[5.0, 0, 0]], [[0, 1.0, 0]], [[0, 1.0, 0]]])
+    assert majority_vote(logits).tolist() == [1]
+    # Two members disagree (one vote each): the class with the larger summed probability wins.
+    tie = torch.tensor([[[3.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]])
+    assert majority_vote(tie).tolist() == [0]
+    tie_other_way = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 3.0, 0.0]]])
+    assert majority_vote(tie_other_way).tolist() == [1]
+    # Many confident members cannot outvote by probability alone: 2 weak votes beat 1 sure vote.
+    weak = torch.tensor([[[9.0, 0, 0]], [[0, 0.1, 0]], [[0, 0.1, 0]]])
+    assert majority_vote(weak).tolist() == [1]
+
+
+def test_metrics_oracle_and_disagreement():
+    labels = torch.tensor([0, 1])
+    logits = torch.tensor([[[1.0, 0], [1.0, 0]], [[0, 1.0], [0, 1.0]]])  # member 0 says 0,0; member 1 says 1,1
+    m = ensemble_metrics(logits, labels)
+    assert m["members"] == [0.5, 0.5] and m["oracle"] == 1.0
+    assert m["pairwise_disagreement"] == [[0.0, 1.0], [1.0, 0.0]] and m["mean_disagreement"] == 1.0
+    assert set(m["rules"]) == {"mean_softmax", "majority_vote", "mean_logits"}
+    with pytest.raises(ValueError, match="unknown combination rule"):
+        predict(logits, "median")
+
+
+def test_budget_per_member_and_total():
+    n = count_params(build_model(TINY))
+    assert check_ensemble_budget([TINY] * 4, 4 * n) == [n] * 4
+    with pytest.raises(BudgetError, match=r"member 0 \(budget/K"):
+        check_ensemble_budget([TINY] * 4, 4 * n - 4)
+    bigger = dataclasses.replace(TINY, stage_widths=(8, 24))
+    with pytest.raises(BudgetError, match="member 1"):
+        check_ensemble_budget([TINY, bigger], 2 * n)
+
+
+def test_saved_ensemble_reloads_with_identical_predictions(tmp_path):
+    torch.manual_seed(0)
+    members = [build_model(TINY).eval() for _ in range(3)]
+    ens = Ensemble(members, [TINY] * 3).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        before = ens(x)
+        save_ensemble(tmp_path / "ens", members, [TINY] * 3)
+        after = load_ensemble(tmp_path / "ens")(x)
+    assert torch.equal(before, after)
+    assert torch.allclose(before.exp().sum(-1), torch.ones(8))  # log-probabilities
+    assert torch.allclose(before.exp(), mean_softmax(torch.stack([m(x) for m in members]).detach()))
+
+
+def test_eval_cli_loads_an_ensemble(tmp_path, small_cifar, data_dir, capsys):
+    import json
+
+    from resbudget.cli import main
+
+    torch.manual_seed(0)
+    save_ensemble(tmp_path / "ens", [build_model(TINY) for _ in range(2)], [TINY] * 2)
+    assert main(["eval", str(tmp_path / "ens"), "--data-dir", str(data_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] == 2 * count_params(build_model(TINY)) and 0 <= result["test_accuracy"] <= 1
