@@ -1,0 +1,140 @@
+"""K members of one spec as one network, so small members use the hardware well.
+
+Every convolution runs with ``groups=K`` over K stacked inputs, every BatchNorm over K*C channels (per-channel
+statistics are per-member statistics), and each dense layer as a batched matmul. Member k owns channel block k of
+every layer, so the K networks never mix: trained with the sum of the members' losses, each gets exactly the gradient
+it would get alone. ``from_members`` / ``to_members`` convert to and from K plain ResNets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import ModelSpec, ResNet, build_model
+
+
+class GroupedIdentityShortcut(nn.Module):
+    """The parameter-free shortcut, per member: average-pool, then zero-pad each member's channel block."""
+
+    def __init__(self, k: int, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.k, self.extra, self.stride = k, out_channels - in_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
+        if self.extra:
+            n, c, h, w = x.shape
+            x = F.pad(x.reshape(n, self.k, c // self.k, h, w), (0, 0, 0, 0, 0, self.extra)).reshape(n, -1, h, w)
+        return x
+
+
+def _shortcut(kind: str, k: int, cin: int, cout: int, stride: int) -> nn.Module:
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    if kind == "identity" and cout >= cin:
+        return GroupedIdentityShortcut(k, cin, cout, stride)
+    kernel = 3 if kind == "conv3x3" else 1
+    return nn.Sequential(nn.Conv2d(k * cin, k * cout, kernel, stride=stride, padding=kernel // 2, bias=False,
+                                   groups=k), nn.BatchNorm2d(k * cout))
+
+
+class GroupedBlock(nn.Module):
+    def __init__(self, k: int, cin: int, cout: int, stride: int, shortcut: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(k * cin, k * cout, 3, stride=stride, padding=1, bias=False, groups=k)
+        self.bn1 = nn.BatchNorm2d(k * cout)
+        self.conv2 = nn.Conv2d(k * cout, k * cout, 3, padding=1, bias=False, groups=k)
+        self.bn2 = nn.BatchNorm2d(k * cout)
+        self.shortcut = _shortcut(shortcut, k, cin, cout, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class GroupedLinear(nn.Module):
+    """K independent linear layers: (N, K, in) -> (N, K, out)."""
+
+    def __init__(self, k: int, fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, fan_out, fan_in))
+        self.bias = nn.Parameter(torch.empty(k, fan_out))
+        for i in range(k):  # the same initialisation as K nn.Linear layers
+            layer = nn.Linear(fan_in, fan_out)
+            with torch.no_grad():
+                self.weight[i].copy_(layer.weight)
+                self.bias[i].copy_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nki,koi->nko", x, self.weight) + self.bias
+
+
+class GroupedResNet(nn.Module):
+    """Input (N, K*3, H, W): member k's images in channels 3k..3k+2. Output (N, K, classes)."""
+
+    def __init__(self, spec: ModelSpec, k: int) -> None:
+        super().__init__()
+        self.spec, self.k = spec, k
+        self.stem = nn.Sequential(nn.Conv2d(k * spec.in_channels, k * spec.stem_width, 3, padding=1, bias=False,
+                                            groups=k), nn.BatchNorm2d(k * spec.stem_width), nn.ReLU(inplace=True))
+        stages, width = [], spec.stem_width
+        for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
+            layers = []
+            for b in range(blocks):
+                layers.append(GroupedBlock(k, width, out_width, stride if b == 0 else 1, spec.shortcut))
+                width = out_width
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        head: list[nn.Module] = []
+        for hidden in spec.head_hidden:
+            head += [GroupedLinear(k, width, hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        head.append(GroupedLinear(k, width, spec.num_classes))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.head(x.reshape(x.shape[0], self.k, -1))
+
+    @classmethod
+    def from_members(cls, members: list[ResNet]) -> "GroupedResNet":
+        spec = members[0].spec
+        if any(m.spec != spec for m in members):
+            raise ValueError("grouped training needs members of one spec; train different specs one after another")
+        grouped = cls(spec, len(members))
+        states = [m.state_dict() for m in members]
+        merged = {}
+        for name, tensor in grouped.state_dict().items():
+            parts = [s[name] for s in states]
+            if name.endswith("num_batches_tracked"):
+                merged[name] = parts[0]
+            elif tensor.dim() in (2, 3):  # GroupedLinear: one slice per member
+                merged[name] = torch.stack(parts)
+            else:  # conv and BatchNorm: member k owns block k of the output channels
+                merged[name] = torch.cat(parts)
+        grouped.load_state_dict(merged)
+        return grouped
+
+    def member_state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(self.k)]
+        for name, tensor in self.state_dict().items():
+            for i in range(self.k):
+                if name.endswith("num_batches_tracked"):
+                    out[i][name] = tensor.clone()
+                elif tensor.dim() in (2, 3):
+                    out[i][name] = tensor[i].clone()
+                else:
+                    out[i][name] = tensor.chunk(self.k)[i].clone()
+        return out
+
+    def to_members(self) -> list[ResNet]:
+        members = []
+        for state in self.member_state_dicts():
+            model = build_model(self.spec)
+            model.load_state_dict(state)
+            members.append(model)
+        return members
