@@ -75,3 +75,21 @@ def test_eval_cli_loads_an_ensemble(tmp_path, small_cifar, data_dir, capsys):
     assert main(["eval", str(tmp_path / "ens"), "--data-dir", str(data_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["params"] == 2 * count_params(build_model(TINY)) and 0 <= result["test_accuracy"] <= 1
+
+
+def test_ensemble_eval_reports_members_rules_oracle(tmp_path, data_dir, capsys):
+    import json
+
+    from resbudget.cli import main
+
+    torch.manual_seed(0)
+    save_ensemble(tmp_path / "ens", [build_model(TINY) for _ in range(3)], [TINY] * 3)
+    assert main(["ensemble", "eval", str(tmp_path / "ens"), "--data-dir", str(data_dir), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert len(r["members"]) == 3 and r["images"] == 10_000
+    assert r["oracle"] >= max(r["members"]) and set(r["rules"]) == {"mean_softmax", "majority_vote", "mean_logits"}
+    assert r["pairwise_disagreement"][0][0] == 0.0
+    assert main(["ensemble", "eval", str(tmp_path / "ens"), "--data-dir", str(data_dir)]) == 0
+    assert "oracle" in capsys.readouterr().out
+    assert main(["ensemble", "eval", str(tmp_path / "nothing")]) == 2
+    assert "not an ensemble folder" in capsys.readouterr().err

@@ -143,6 +143,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble_eval(args: argparse.Namespace) -> int:
+    from .ensemble import evaluate_ensemble
+
+    r = evaluate_ensemble(args.folder, data_dir=args.data_dir, device=args.device, precision=args.precision)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{args.folder}: {len(r['members'])} members, {r['params']:,} params in all, {r['images']:,} test images")
+    for i, (acc, n) in enumerate(zip(r["members"], r["member_params"])):
+        print(f"  member {i}: {100 * acc:6.2f}%  ({n:,} params)")
+    for rule, acc in r["rules"].items():
+        print(f"  {rule:<14} {100 * acc:6.2f}%")
+    print(f"  {'oracle':<14} {100 * r['oracle']:6.2f}%   (any member right)")
+    print(f"  mean pairwise disagreement {100 * r['mean_disagreement']:.2f}%")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resbudget", description="ResNets for CIFAR-10 under a parameter budget.")
     p.add_argument("--version", action="version", version=f"resbudget {__version__}")
@@ -188,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-figures", action="store_true", help="tables only")
     s.add_argument("--print", action="store_true", help="print report.md when done")
     s.set_defaults(func=cmd_report)
+
+    ens = sub.add_parser("ensemble", help="ensembles of several members under one budget")
+    ens_sub = ens.add_subparsers(dest="ensemble_command", required=True)
+    s = ens_sub.add_parser("eval", help="each member, each combination rule, the oracle and the disagreement")
+    s.add_argument("folder", metavar="DIR", help="an ensemble folder (ensemble.json + memberN.safetensors)")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ensemble_eval)
 
     s = sub.add_parser("eval", help="test accuracy of a run folder, checkpoint or ensemble folder")
     s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|ENSEMBLE_DIR")

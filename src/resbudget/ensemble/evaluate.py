@@ -1,0 +1,31 @@
+"""Test-set report of a saved ensemble: every member, every combination rule, the oracle and the disagreement."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..data import CIFAR10, load_cifar10, normalize
+from ..models import count_params
+from ..train.loop import autocast, select_device
+from .combine import ensemble_metrics
+from .model import load_ensemble
+
+
+@torch.no_grad()
+def evaluate_ensemble(folder: str | os.PathLike, *, data_dir: str | None = None, device: str = "auto",
+                      batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None) -> dict[str, Any]:
+    ens = load_ensemble(folder)
+    dev = select_device(device)
+    ens = ens.to(dev).to(memory_format=torch.channels_last)
+    test = (data if data is not None else load_cifar10(data_dir)).test.to(dev)
+    chunks = []
+    for start in range(0, len(test), batch_size):
+        x = normalize(test.images[start:start + batch_size]).contiguous(memory_format=torch.channels_last)
+        with autocast(dev, precision):
+            chunks.append(ens.member_logits(x).float())
+    metrics = ensemble_metrics(torch.cat(chunks, 1), test.labels)
+    return {"ensemble": str(folder), "images": len(test), "precision": precision,
+            "member_params": [count_params(m) for m in ens.members], "params": count_params(ens), **metrics}
