@@ -93,3 +93,57 @@ def test_ensemble_eval_reports_members_rules_oracle(tmp_path, data_dir, capsys):
     assert "oracle" in capsys.readouterr().out
     assert main(["ensemble", "eval", str(tmp_path / "nothing")]) == 2
     assert "not an ensemble folder" in capsys.readouterr().err
+
+
+def test_widest_member_fits_and_is_the_widest():
+    from resbudget.ensemble import widest_member
+    from resbudget.models import get_preset
+
+    spec = widest_member(get_preset("shallow"), 1_000_000)
+    n = count_params(build_model(spec))
+    assert n <= 1_000_000
+    wider = dataclasses.replace(spec, stage_widths=tuple(w + 2 for w in spec.stage_widths),
+                                stem_width=spec.stem_width + 1)
+    assert count_params(build_model(wider)) > 1_000_000
+    assert spec.stage_blocks == (2, 2, 2) and spec.stage_widths[1] > spec.stage_widths[0]
+
+
+def test_train_ensemble_checks_budget_and_saves_a_loadable_folder(tmp_path, small_cifar):
+    from resbudget.ensemble import train_ensemble
+    from resbudget.models import BudgetError
+    from resbudget.train import load_config
+
+    sets = [f"model.stem_width={TINY.stem_width}", f"model.stage_widths={list(TINY.stage_widths)}",
+            f"model.stage_blocks={list(TINY.stage_blocks)}", f"model.stage_strides={list(TINY.stage_strides)}",
+            "train.epochs=1", "train.batch_size=64", "train.eval_batch_size=128"]
+    config = load_config("shallow", sets)
+    n = count_params(build_model(TINY))
+    with pytest.raises(BudgetError, match="member 0"):
+        train_ensemble(config, tmp_path / "e", members=3, budget=3 * n - 3, data=small_cifar, progress=False)
+    with pytest.raises(ValueError, match="seeds must differ"):
+        train_ensemble(config, tmp_path / "e", members=2, budget=2 * n, seeds=[1, 1], data=small_cifar,
+                       progress=False)
+    r = train_ensemble(config, tmp_path / "e", members=2, budget=2 * n, data=small_cifar, progress=False)
+    assert r["params"] == 2 * n and r["seeds"] == [0, 1] and len(r["members"]) == 2
+    ens = load_ensemble(tmp_path / "e")
+    w0, w1 = (m.stem[0].weight for m in ens.members)
+    assert not torch.equal(w0, w1)  # own seeds: own initialisation
+    again = train_ensemble(config, tmp_path / "e", members=2, budget=2 * n, data=small_cifar, progress=False)
+    assert again["rules"] == r["rules"]  # finished members are reused, not retrained
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert load_ensemble(tmp_path / "e")(x).shape == (4, 10)
+
+
+def test_ensemble_train_cli(tmp_path, data_dir, capsys):
+    from resbudget.cli import main
+
+    args = ["ensemble", "train", "shallow", "--members", "2", "--budget", "100000", "--widest",
+            "--set", "model.stage_blocks=[1,1,1]", "--set", "model.stage_strides=[2,2,2]", "--set", "train.epochs=1",
+            "--set", "data.train_limit=128", "--set", "data.test_limit=200",
+            "--set", "train.batch_size=64", "--data-dir", str(data_dir), "--out", str(tmp_path / "e"), "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ensemble of 2" in out and "mean softmax" in out
+    assert main(["ensemble", "train", "resnet18", "--members", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "member 0 (budget/K = 5,000,000/5)" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -143,6 +144,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble_train(args: argparse.Namespace) -> int:
+    from .ensemble import train_ensemble, widest_member
+    from .train import load_config
+
+    config = load_config(args.config, _overrides(args))
+    if args.widest:
+        config = dataclasses.replace(config, model=widest_member(config.model, args.budget // args.members))
+    out = args.out or Path("runs") / f"ens{args.members}-{config.preset or 'custom'}"
+    r = train_ensemble(config, out, members=args.members, budget=args.budget, seeds=args.seeds,
+                       progress=not args.quiet)
+    print(json.dumps({k: v for k, v in r.items() if k != "pairwise_disagreement"}, indent=2) if args.json else
+          f"ensemble of {len(r['members'])} ({r['params']:,} params): mean softmax "
+          f"{100 * r['rules']['mean_softmax']:.2f}%, vote {100 * r['rules']['majority_vote']:.2f}%, best member "
+          f"{100 * max(r['members']):.2f}% -> {out}")
+    return 0
+
+
 def cmd_ensemble_eval(args: argparse.Namespace) -> int:
     from .ensemble import evaluate_ensemble
 
@@ -208,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ens = sub.add_parser("ensemble", help="ensembles of several members under one budget")
     ens_sub = ens.add_subparsers(dest="ensemble_command", required=True)
+    s = ens_sub.add_parser("train", help="train K members of one preset or config under one budget")
+    s.add_argument("config", nargs="?", metavar="PRESET|CONFIG.toml")
+    s.add_argument("--members", type=int, required=True, metavar="K")
+    s.add_argument("--budget", type=int, default=5_000_000, help="for all members together (each gets budget/K)")
+    s.add_argument("--widest", action="store_true", help="scale the model's widths to the widest that fits budget/K")
+    s.add_argument("--seeds", type=int, nargs="+", help="one per member (default: train.seed, +1, +2, ...)")
+    s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    s.add_argument("--out", type=Path, metavar="DIR", help="default runs/ensK-PRESET")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ensemble_train)
+
     s = ens_sub.add_parser("eval", help="each member, each combination rule, the oracle and the disagreement")
     s.add_argument("folder", metavar="DIR", help="an ensemble folder (ensemble.json + memberN.safetensors)")
     s.add_argument("--data-dir", metavar="DIR")
