@@ -85,3 +85,13 @@ def test_interrupted_run_resumes_from_the_cli(capsys, tmp_path, data_dir):
     assert code == 0, err
     assert "resuming" in err and "epoch 2/2" in err and "epoch 1/2" not in err
     assert json.loads(out)["epochs"] == 2
+
+
+def test_an_unwritable_run_folder_is_a_clean_error(capsys, tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run(capsys, "train", "shallow", *TINY_SETS, "--set", "train.epochs=1", "--set",
+                       "data.train_limit=128", "--set", "train.batch_size=64", "--data-dir", str(data_dir),
+                       "--out", str(blocker / "run"))
+    assert code == 2 and "error:" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"

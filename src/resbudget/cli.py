@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,
-            TrainingError, StudyError, ReportError, ValueError) as e:
+            TrainingError, StudyError, ReportError, ValueError, OSError) as e:
         print(f"resbudget {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
