@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from ..data import CIFAR10, load_cifar10, normalize
+from ..data import CIFAR10, load_cifar10
 from ..models import count_params
-from ..train.loop import autocast, select_device
+from ..train.loop import batched_outputs, select_device
 from .combine import ensemble_metrics
 from .model import load_ensemble
 
@@ -21,11 +21,8 @@ def evaluate_ensemble(folder: str | os.PathLike, *, data_dir: str | None = None,
     dev = select_device(device)
     ens = ens.to(dev).to(memory_format=torch.channels_last)
     test = (data if data is not None else load_cifar10(data_dir)).test.to(dev)
-    chunks = []
-    for start in range(0, len(test), batch_size):
-        x = normalize(test.images[start:start + batch_size]).contiguous(memory_format=torch.channels_last)
-        with autocast(dev, precision):
-            chunks.append(ens.member_logits(x).float())
+    chunks = [logits for logits, _ in batched_outputs(ens.member_logits, test, batch_size=batch_size,
+                                                       precision=precision)]
     metrics = ensemble_metrics(torch.cat(chunks, 1), test.labels)
     return {"ensemble": str(folder), "images": len(test), "precision": precision,
             "member_params": [count_params(m) for m in ens.members], "params": count_params(ens), **metrics}

@@ -1,7 +1,8 @@
 """K members of one spec as one network, so small members use the hardware well.
 
-Every convolution runs with ``groups=K`` over K stacked inputs, every BatchNorm over K*C channels (per-channel
-statistics are per-member statistics), and each dense layer as a batched matmul. Member k owns channel block k of
+Every convolution runs with ``groups=K`` over K stacked inputs (the plain ``BasicBlock`` with ``groups=K``), every
+BatchNorm over K*C channels (per-channel statistics are per-member statistics), and each dense layer as a batched
+matmul. Member k owns channel block k of
 every layer, so the K networks never mix: trained with the sum of the members' losses, each gets exactly the gradient
 it would get alone. ``from_members`` / ``to_members`` convert to and from K plain ResNets.
 """
@@ -13,46 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import ModelSpec, ResNet, build_model
-
-
-class GroupedIdentityShortcut(nn.Module):
-    """The parameter-free shortcut, per member: average-pool, then zero-pad each member's channel block."""
-
-    def __init__(self, k: int, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.k, self.extra, self.stride = k, out_channels - in_channels, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
-            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
-        if self.extra:
-            n, c, h, w = x.shape
-            x = F.pad(x.reshape(n, self.k, c // self.k, h, w), (0, 0, 0, 0, 0, self.extra)).reshape(n, -1, h, w)
-        return x
-
-
-def _shortcut(kind: str, k: int, cin: int, cout: int, stride: int) -> nn.Module:
-    if stride == 1 and cin == cout:
-        return nn.Identity()
-    if kind == "identity" and cout >= cin:
-        return GroupedIdentityShortcut(k, cin, cout, stride)
-    kernel = 3 if kind == "conv3x3" else 1
-    return nn.Sequential(nn.Conv2d(k * cin, k * cout, kernel, stride=stride, padding=kernel // 2, bias=False,
-                                   groups=k), nn.BatchNorm2d(k * cout))
-
-
-class GroupedBlock(nn.Module):
-    def __init__(self, k: int, cin: int, cout: int, stride: int, shortcut: str) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(k * cin, k * cout, 3, stride=stride, padding=1, bias=False, groups=k)
-        self.bn1 = nn.BatchNorm2d(k * cout)
-        self.conv2 = nn.Conv2d(k * cout, k * cout, 3, padding=1, bias=False, groups=k)
-        self.bn2 = nn.BatchNorm2d(k * cout)
-        self.shortcut = _shortcut(shortcut, k, cin, cout, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+from ..models.blocks import BasicBlock
 
 
 class GroupedLinear(nn.Module):
@@ -84,7 +46,7 @@ class GroupedResNet(nn.Module):
         for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
             layers = []
             for b in range(blocks):
-                layers.append(GroupedBlock(k, width, out_width, stride if b == 0 else 1, spec.shortcut))
+                layers.append(BasicBlock(width, out_width, stride if b == 0 else 1, spec.shortcut, groups=k))
                 width = out_width
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)

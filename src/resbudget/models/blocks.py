@@ -1,4 +1,8 @@
-"""Residual building blocks (the CIFAR ResNet of He et al. 2016, as in kuangliu/pytorch-cifar)."""
+"""Residual building blocks (the CIFAR ResNet of He et al. 2016, as in kuangliu/pytorch-cifar).
+
+``groups=K`` builds K independent copies side by side (member k owns channel block k of every layer), which is how
+an ensemble trains its members as one network; widths are always given per copy.
+"""
 
 from __future__ import annotations
 
@@ -10,43 +14,48 @@ from torch import nn
 class IdentityShortcut(nn.Module):
     """Parameter-free shortcut ("option A"): average-pool to the new resolution, zero-pad the new channels."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int = 1) -> None:
         super().__init__()
         self.extra_channels = out_channels - in_channels
         self.stride = stride
+        self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = F.avg_pool2d(x, self.stride, ceil_mode=True)
         if self.extra_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+            n, c, h, w = x.shape  # pad each group's channel block, not only the last one
+            x = F.pad(x.reshape(n, self.groups, c // self.groups, h, w), (0, 0, 0, 0, 0, self.extra_channels))
+            x = x.reshape(n, -1, h, w)
         return x
 
 
-def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module:
+def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, groups: int = 1) -> nn.Module:
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
     if kind == "identity" and out_channels >= in_channels:
-        return IdentityShortcut(in_channels, out_channels, stride)
+        return IdentityShortcut(in_channels, out_channels, stride, groups)
     if kind == "identity":  # narrowing: zero-padding cannot drop channels, project instead
         kind = "conv1x1"
     kernel = {"conv1x1": 1, "conv3x3": 3}[kind]
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.Conv2d(groups * in_channels, groups * out_channels, kernel, stride=stride, padding=kernel // 2,
+                  bias=False, groups=groups),
+        nn.BatchNorm2d(groups * out_channels),
     )
 
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride)
+        cin, cout = groups * in_channels, groups * out_channels
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, groups=groups)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False, groups=groups)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -9,7 +9,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -79,22 +79,29 @@ def git_commit() -> str | None:
 
 
 @torch.no_grad()
+def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *, batch_size: int = 1000,
+                    precision: str = "bf16", channels_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(fn(normalised images), labels) batch by batch over ``split``, which must be on fn's device."""
+    device = split.images.device
+    for start in range(0, len(split), batch_size):
+        x = normalize(split.images[start:start + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            out = fn(x)
+        yield out.float(), split.labels[start:start + batch_size]
+
+
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "bf16",
              channels_last: bool = True) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over ``split``, which must be on the model's device."""
     was_training = model.training
     model.eval()
-    device = split.images.device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    for start in range(0, len(split), batch_size):
-        x = normalize(split.images[start:start + batch_size])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = split.labels[start:start + batch_size]
-        with autocast(device, precision):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+    loss_sum = torch.zeros((), device=split.images.device, dtype=torch.float64)
+    correct = torch.zeros((), device=split.images.device, dtype=torch.int64)
+    for logits, y in batched_outputs(model, split, batch_size=batch_size, precision=precision,
+                                     channels_last=channels_last):
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
     n = max(len(split), 1)
