@@ -147,3 +147,64 @@ def test_ensemble_train_cli(tmp_path, data_dir, capsys):
     assert "ensemble of 2" in out and "mean softmax" in out
     assert main(["ensemble", "train", "resnet18", "--members", "5", "--out", str(tmp_path / "x")]) == 2
     assert "member 0 (budget/K = 5,000,000/5)" in capsys.readouterr().err
+
+
+def _tiny_config(*extra):
+    from resbudget.train import load_config
+
+    sets = [f"model.stem_width={TINY.stem_width}", f"model.stage_widths={list(TINY.stage_widths)}",
+            f"model.stage_blocks={list(TINY.stage_blocks)}", f"model.stage_strides={list(TINY.stage_strides)}",
+            "train.epochs=2", "train.batch_size=64", "train.eval_batch_size=128", "schedule.name=cosine",
+            "train.precision=fp32", *extra]
+    return load_config("shallow", sets)
+
+
+def test_together_mode_gives_the_members_of_sequential_training(tmp_path, small_cifar):
+    """Same seeds: each member sees the same init, order and augmentation in both modes, so the weights agree."""
+    from resbudget.ensemble import train_ensemble
+
+    config = _tiny_config("data.flip=true", "data.crop_padding=4", "train.epochs=1")
+    n = count_params(build_model(TINY))
+    seq = train_ensemble(config, tmp_path / "seq", members=3, budget=3 * n, data=small_cifar, progress=False)
+    tog = train_ensemble(config, tmp_path / "tog", members=3, budget=3 * n, data=small_cifar, progress=False,
+                         mode="together")
+    assert tog["mode"] == "together" and seq["mode"] == "sequential"
+    a, b = load_ensemble(tmp_path / "seq"), load_ensemble(tmp_path / "tog")
+    for k, (ma, mb) in enumerate(zip(a.members, b.members)):
+        for (name, x), y in zip(ma.state_dict().items(), mb.state_dict().values()):
+            assert torch.allclose(x.float(), y.float(), atol=1e-3, rtol=1e-2), (k, name)
+    other = b.members[1].stem[0].weight  # a member of another seed is far off: the comparison can fail
+    assert not torch.allclose(a.members[0].stem[0].weight, other, atol=1e-3, rtol=1e-2)
+    assert abs(tog["rules"]["mean_softmax"] - seq["rules"]["mean_softmax"]) <= 2 / 256
+    # run again: resumed from the finished checkpoint, not retrained
+    again = train_ensemble(config, tmp_path / "tog", members=3, budget=3 * n, data=small_cifar, progress=False,
+                           mode="together")
+    assert again["members"] == tog["members"]
+    with pytest.raises(ValueError, match="another mode"):
+        train_ensemble(config, tmp_path / "tog", members=3, budget=3 * n, data=small_cifar, progress=False)
+
+
+def test_together_mode_refuses_plateau_and_changed_configs(tmp_path, small_cifar):
+    from resbudget.ensemble import train_ensemble
+    from resbudget.train import ConfigError, RunFolderError
+
+    n = count_params(build_model(TINY))
+    with pytest.raises(ConfigError, match="plateau"):
+        train_ensemble(_tiny_config("schedule.name=plateau"), tmp_path / "p", members=2, budget=2 * n,
+                       data=small_cifar, progress=False, mode="together")
+    train_ensemble(_tiny_config("train.epochs=1"), tmp_path / "t", members=2, budget=2 * n, data=small_cifar,
+                   progress=False, mode="together")
+    with pytest.raises(RunFolderError, match="another config"):
+        train_ensemble(_tiny_config("train.epochs=1", "optim.lr=0.01"), tmp_path / "t", members=2, budget=2 * n,
+                       data=small_cifar, progress=False, mode="together")
+
+
+def test_ensemble_train_cli_members_default_only_for_ensemble_presets(tmp_path, capsys):
+    from resbudget.cli import main
+
+    assert main(["ensemble", "train", "shallow", "--out", str(tmp_path / "a")]) == 2
+    assert "--members K is needed" in capsys.readouterr().err
+    # ens5-1m means 5 members: at a 1M budget each gets 200,000 and its 981,360-param member is refused
+    assert main(["ensemble", "train", "ens5-1m", "--budget", "1000000", "--out", str(tmp_path / "b")]) == 2
+    assert "budget/K = 1,000,000/5" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

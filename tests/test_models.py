@@ -21,7 +21,7 @@ from resbudget.models import (
 EXPECTED_PARAMS = {
     "resnet18": 11_173_962, "shallow": 2_777_674, "deeper": 4_997_386, "fast": 2_391_082,
     "narrow": 2_768_490, "narrow-conv3x3": 3_112_554, "narrow-identity": 2_725_610, "narrow-dense": 3_151_786,
-    "deeper-const-stride": 4_997_386,
+    "deeper-const-stride": 4_997_386, "ens5-1m": 981_360, "ens10-500k": 496_513,
 }
 
 
@@ -47,7 +47,7 @@ def test_forward_shape_finite_and_every_parameter_gets_a_gradient(name):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(UnknownPresetError, match="available presets: deeper, deeper-const-stride, fast, narrow"):
+    with pytest.raises(UnknownPresetError, match="available presets: deeper, deeper-const-stride, ens10-500k, ens5-1m, fast, narrow"):
         get_preset("resnet19")
 
 
@@ -155,3 +155,26 @@ def test_identity_saving_is_the_studys_1_57_percent():
 def test_const_stride_preset_warns_and_alternating_does_not():
     assert spec_warnings(get_preset("deeper")) == []
     assert len(spec_warnings(get_preset("deeper-const-stride"))) == 1
+
+
+def test_ensemble_member_presets_fit_their_share_of_the_budget():
+    from resbudget.models import DEFAULT_BUDGET
+    from resbudget.models.presets import ENSEMBLE_MEMBERS
+
+    for name, k in ENSEMBLE_MEMBERS.items():
+        spec = get_preset(name)
+        n = count_params(build_model(spec))
+        assert n <= DEFAULT_BUDGET // k
+        wider = dataclasses.replace(spec, stem_width=spec.stem_width + 1,
+                                    stage_widths=tuple(w + 1 for w in spec.stage_widths))
+        assert count_params(build_model(wider)) > DEFAULT_BUDGET // k  # the widest of its shape that fits
+
+
+def test_specs_near_the_studys_ensemble_member_count():
+    """What the member search found (docs/STUDY.md): 987,402 exactly only with irregular widths."""
+    exact = ModelSpec(stem_width=16, stage_widths=(52, 104, 128), stage_blocks=(2, 2, 2), stage_strides=(1, 2, 2),
+                      shortcut="identity")
+    nearest_regular = ModelSpec(stem_width=80, stage_widths=(116, 232), stage_blocks=(1, 1), stage_strides=(1, 2),
+                                head_hidden=(64,))
+    assert count_params(build_model(exact)) == 987_402
+    assert count_params(build_model(nearest_regular)) == 987_410

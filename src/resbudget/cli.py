@@ -146,13 +146,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ensemble_train(args: argparse.Namespace) -> int:
     from .ensemble import train_ensemble, widest_member
-    from .train import load_config
+    from .models.presets import ENSEMBLE_MEMBERS
+    from .train import ConfigError, load_config
 
     config = load_config(args.config, _overrides(args))
+    if args.members is None:
+        if args.config not in ENSEMBLE_MEMBERS:
+            raise ConfigError(f"--members K is needed (only the ensemble presets {', '.join(ENSEMBLE_MEMBERS)} "
+                              "have a default)")
+        args.members = ENSEMBLE_MEMBERS[args.config]
     if args.widest:
         config = dataclasses.replace(config, model=widest_member(config.model, args.budget // args.members))
     out = args.out or Path("runs") / f"ens{args.members}-{config.preset or 'custom'}"
-    r = train_ensemble(config, out, members=args.members, budget=args.budget, seeds=args.seeds,
+    r = train_ensemble(config, out, members=args.members, budget=args.budget, seeds=args.seeds, mode=args.mode,
                        progress=not args.quiet)
     print(json.dumps({k: v for k, v in r.items() if k != "pairwise_disagreement"}, indent=2) if args.json else
           f"ensemble of {len(r['members'])} ({r['params']:,} params): mean softmax "
@@ -228,10 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     ens_sub = ens.add_subparsers(dest="ensemble_command", required=True)
     s = ens_sub.add_parser("train", help="train K members of one preset or config under one budget")
     s.add_argument("config", nargs="?", metavar="PRESET|CONFIG.toml")
-    s.add_argument("--members", type=int, required=True, metavar="K")
+    s.add_argument("--members", type=int, metavar="K", help="how many (default 5 for ens5-1m, 10 for ens10-500k)")
     s.add_argument("--budget", type=int, default=5_000_000, help="for all members together (each gets budget/K)")
     s.add_argument("--widest", action="store_true", help="scale the model's widths to the widest that fits budget/K")
     s.add_argument("--seeds", type=int, nargs="+", help="one per member (default: train.seed, +1, +2, ...)")
+    s.add_argument("--mode", choices=("sequential", "together"), default="sequential",
+                   help="members one after another (default; the faster on CPU) or all at once as one grouped net")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     s.add_argument("--out", type=Path, metavar="DIR", help="default runs/ensK-PRESET")
     s.add_argument("--data-dir", metavar="DIR")

@@ -127,3 +127,23 @@ def narrow_dense() -> ModelSpec:
 def deeper_const_stride() -> ModelSpec:
     """`deeper` with stride 2 on every stage: 4,997,386 params; stages 5-8 see 1x1 maps (the study: 91.21%)."""
     return dataclasses.replace(deeper(), stage_strides=(2,) * 8)
+
+
+# The study's two ensembles. Its 5-net total, 4,937,010 = 5 x 987,402, is reached exactly only by irregular widths
+# (e.g. stem 16, stages 52/104/128 with identity shortcuts); no member of the study's own shapes (shallow, narrow,
+# deeper, with 1x1/3x3/identity shortcuts and the dense heads it used) with regular widths gives 987,402. The nearest
+# regular one found is stem 80, stages 116/232 x 1 block, dense head (64): 987,410. We keep the study's best shape
+# (shallow) and scale its widths to the widest that fits a fifth (a tenth) of the budget; docs/STUDY.md has the search.
+@register_preset("ens5-1m")
+def ens5_1m() -> ModelSpec:
+    """Member of the 5-net ensemble: shallow at widths 38/76/152, 981,360 params (x5 = 4,906,800)."""
+    return ModelSpec(stem_width=38, stage_widths=(38, 76, 152), stage_blocks=(2, 2, 2), stage_strides=(1, 2, 2))
+
+
+@register_preset("ens10-500k")
+def ens10_500k() -> ModelSpec:
+    """Member of the 10-net ensemble: shallow at widths 27/54/108, 496,513 params (x10 = 4,965,130)."""
+    return ModelSpec(stem_width=27, stage_widths=(27, 54, 108), stage_blocks=(2, 2, 2), stage_strides=(1, 2, 2))
+
+
+ENSEMBLE_MEMBERS = {"ens5-1m": 5, "ens10-500k": 10}  # `resbudget ensemble train PRESET` trains this many by default

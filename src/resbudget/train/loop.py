@@ -128,7 +128,7 @@ def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -
     return train.to(device), (val.to(device) if val is not None else None), test.to(device), data.source
 
 
-def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     # Order and augmentation of epoch e depend on (seed, e) alone, so a resumed run sees what an uninterrupted one saw.
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
@@ -219,7 +219,7 @@ def train(
 
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
-        g = _epoch_generator(t.seed, epoch, device)
+        g = epoch_generator(t.seed, epoch, device)
         order = torch.randperm(n, generator=g, device=device)
         model.train()
         loss_sum = torch.zeros((), device=device)
