@@ -1,4 +1,5 @@
-from .augment import Augment, cutout, normalize, random_crop, random_flip, random_rotate
+from .augment import (Augment, alternating_flip_base, alternating_flips, cutout, normalize, random_crop, random_flip,
+                      random_rotate)
 from .cifar10 import (
                       BINARY,
                       CIFAR10,

@@ -38,6 +38,18 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
+def alternating_flip_base(n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A fixed random half of the ``n`` images (bool mask), drawn once per run from ``seed``."""
+    g = torch.Generator(device=device).manual_seed(seed * 1_000_003 - 1)  # apart from every epoch's generator
+    return torch.rand(n, generator=g, device=device) < 0.5
+
+
+def alternating_flips(base: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which of the images ``idx`` to mirror in ``epoch``: the base half in even epochs, the other half in odd ones,
+    so every image is seen both ways in every two epochs instead of by chance."""
+    return base[idx] ^ bool(epoch % 2)
+
+
 def random_rotate(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
     """Rotate each image by a uniform angle in [-degrees, degrees]; corners fill with zero (the mean, once normalised)."""
     if degrees <= 0:
@@ -73,10 +85,11 @@ class Augment:
     rotate_degrees: float = 0.0
     cutout: int = 0
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """``x``: a normalised float batch on the generator's device."""
+    def __call__(self, x: torch.Tensor, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: a normalised float batch on the generator's device. ``flips``: which images to mirror (e.g.
+        ``alternating_flips``), instead of a coin toss per image."""
         x = random_crop(x, self.crop_padding, self.pad_mode, g)
         if self.flip:
-            x = random_flip(x, g)
+            x = random_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
         x = random_rotate(x, self.rotate_degrees, g)
         return cutout(x, self.cutout, g)

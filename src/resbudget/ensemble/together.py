@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from .._io import read_toml, write_text
-from ..data import CIFAR10, Augment, Split, normalize
-from ..models import ResNet, build_model
+from ..data import CIFAR10, Augment, Split, alternating_flip_base, alternating_flips, normalize
+from ..models import ResNet
 from ..train.checkpoint import load_state, save_state
 from ..train.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
-from ..train.loop import (RunFolderError, TrainingError, autocast, batched_outputs, epoch_generator,
+from ..train.cpu import tune_allocator
+from ..train.loop import (RunFolderError, TrainingError, autocast, batched_outputs, epoch_generator, initial_model,
                           make_optimizer, prepare_splits, select_device)
 from ..train.metrics import MetricsLog, Progress
 from ..train.schedules import Schedule
@@ -68,14 +69,12 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
     t, k = config.train, len(seeds)
     state = _open(run_dir, config, seeds)
     device = select_device(t.device)
-    members = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        members.append(build_model(config.model))
-    model = GroupedResNet.from_members(members).to(device)
+    if device.type == "cpu" and t.tune_allocator:
+        tune_allocator()
+    train_split, val_split, _, _ = prepare_splits(config, data, device)
+    model = GroupedResNet.from_members([initial_model(config, seed, train_split) for seed in seeds]).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_split, val_split, _, _ = prepare_splits(config, data, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config_to_toml(config))
     optimizer = make_optimizer(config, model.parameters())
@@ -94,6 +93,8 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     n, bs = len(train_split), t.batch_size
     steps = n // bs
+    flip_bases = [alternating_flip_base(n, seed, device) if config.data.flip_mode == "alternate" else None
+                  for seed in seeds]
     val_accs: list[float] | None = None
 
     for epoch in range(start_epoch, t.epochs):
@@ -108,9 +109,10 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xs, ys = [], []
-            for g, order in zip(gens, orders):  # each member: its own images, in its own order, own augmentation
+            for g, order, base in zip(gens, orders, flip_bases):  # each member: own images, order, augmentation
                 idx = order[step * bs:(step + 1) * bs]
-                xs.append(augment(normalize(train_split.images[idx]), g))
+                flips = alternating_flips(base, idx, epoch) if base is not None else None
+                xs.append(augment(normalize(train_split.images[idx]), g, flips))
                 ys.append(train_split.labels[idx])
             x, y = torch.cat(xs, 1), torch.stack(ys, 1)  # (B, K*3, H, W), (B, K)
             if t.channels_last:

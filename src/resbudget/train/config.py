@@ -34,6 +34,7 @@ class DataConfig:
     crop_padding: int = 4
     pad_mode: Literal["reflect", "zero"] = "reflect"
     flip: bool = True
+    flip_mode: Literal["random", "alternate"] = "random"  # alternate: each image mirrored in every other epoch
     rotate_degrees: float = 0.0
     cutout: int = 0
     train_limit: int = 0  # use only the first N training images (0 = all): smoke tests, never results
@@ -77,6 +78,9 @@ class TrainConfig:
     compile: bool = False
     budget: int = DEFAULT_BUDGET
     eval_test_every_epoch: bool = True  # per-epoch test metrics are for curves only; the result is the final epoch
+    tta: Literal["none", "flip", "flip-shift"] = "none"  # also report the final test accuracy with these views
+    whiten_init: bool = False  # first conv = whitening filters of training patches (models/init.py)
+    tune_allocator: bool = True  # on CPU: glibc mallopt so freed activations are reused (train/cpu.py)
 
 
 @dataclass(frozen=True)

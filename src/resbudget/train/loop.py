@@ -19,12 +19,18 @@ from torch import nn
 
 from .. import __version__
 from .._io import read_toml, write_text
-from ..data import CIFAR10, Augment, Split, load_cifar10, normalize, stratified_split
-from ..models import build_model, check_budget, count_params, summarize
+from ..data import (CIFAR10, Augment, Split, alternating_flip_base, alternating_flips, load_cifar10, normalize,
+                    stratified_split)
+from ..models import ResNet, build_model, check_budget, count_params, summarize
+from ..models.init import whiten_conv_
 from .checkpoint import load_model, load_state, save_state, save_weights
 from .config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from .metrics import MetricsLog, Progress
+from .cpu import tune_allocator
 from .schedules import Schedule
+from .tta import tta_logits
+
+WHITEN_IMAGES = 5000  # training images whose patches set the whitening filters
 
 STUDY_MODE_NOTE = (
     "the plateau schedule watched TEST accuracy (schedule.monitor='test', as the study did): the test set "
@@ -93,13 +99,15 @@ def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *,
 
 
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "bf16",
-             channels_last: bool = True) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over ``split``, which must be on the model's device."""
+             channels_last: bool = True, tta: str = "none") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over ``split``, which must be on the model's device; ``tta``: average the
+    logits over these test-time views (``train/tta.py``)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=split.images.device, dtype=torch.float64)
     correct = torch.zeros((), device=split.images.device, dtype=torch.int64)
-    for logits, y in batched_outputs(model, split, batch_size=batch_size, precision=precision,
+    fn = model if tta == "none" else (lambda x: tta_logits(model, x, tta))
+    for logits, y in batched_outputs(fn, split, batch_size=batch_size, precision=precision,
                                      channels_last=channels_last):
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -126,6 +134,16 @@ def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -
             f"train.batch_size ({config.train.batch_size}) is larger than the training set ({len(train)} images)"
         )
     return train.to(device), (val.to(device) if val is not None else None), test.to(device), data.source
+
+
+def initial_model(config: Config, seed: int, train_split: Split | None = None) -> ResNet:
+    """The model before training: built after ``torch.manual_seed(seed)``, and with ``train.whiten_init`` its first
+    convolution set from the patches of the first training images."""
+    torch.manual_seed(seed)
+    model = build_model(config.model)
+    if config.train.whiten_init and train_split is not None:
+        whiten_conv_(model.stem[0], normalize(train_split.images[:WHITEN_IMAGES]).to("cpu"))
+    return model
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -177,9 +195,9 @@ def train(
         show.message(f"{out_dir} is already finished ({t.epochs} epochs); nothing to resume")
         return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     device = select_device(t.device)
+    allocator_tuned = device.type == "cpu" and t.tune_allocator and tune_allocator()
 
-    torch.manual_seed(t.seed)
-    model = build_model(config.model)
+    model = initial_model(config, t.seed)
     params = count_params(model)
     model_summary = summarize(config.model, model)
     macs, warnings = model_summary.macs, model_summary.warnings
@@ -188,6 +206,8 @@ def train(
     monitor_test = config.schedule.name == "plateau" and config.schedule.monitor == "test"
 
     train_split, val_split, test_split, source = prepare_splits(config, data, device)
+    if t.whiten_init:
+        model = initial_model(config, t.seed, train_split)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_text(out_dir / "config.toml", config_to_toml(config))
@@ -216,6 +236,7 @@ def train(
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     n, bs = len(train_split), t.batch_size
     steps = n // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
+    flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
 
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
@@ -229,7 +250,8 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[step * bs:(step + 1) * bs]
-            x = augment(normalize(train_split.images[idx]), g)
+            flips = alternating_flips(flip_base, idx, epoch) if flip_base is not None else None
+            x = augment(normalize(train_split.images[idx]), g, flips)
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = train_split.labels[idx]
@@ -269,6 +291,10 @@ def train(
             on_epoch_end(epoch + 1, row)
 
     final = log.rows[-1]
+    tta_acc = None
+    if t.tta != "none":
+        _, tta_acc = evaluate(model, test_split, batch_size=t.eval_batch_size, precision=t.precision,
+                              channels_last=t.channels_last, tta=t.tta)
     summary = {
         "resbudget_version": __version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -280,12 +306,14 @@ def train(
         "epochs": t.epochs,
         "test_accuracy": final["test_acc"],
         "test_loss": final["test_loss"],
+        "test_accuracy_tta": tta_acc,  # with the t.tta views; test_accuracy is always without
         "val_accuracy": final["val_acc"],
         "train_accuracy": final["train_acc"],
         "wall_seconds": round(wall_before + time.perf_counter() - wall_start, 2),
         "mean_images_per_s": sum(r["images_per_s"] for r in log.rows) / len(log.rows),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch_version": torch.__version__,
+        "allocator_tuned": allocator_tuned,
         "seed": t.seed,
         "git_commit": git_commit(),
         "data_source": source,
@@ -296,7 +324,8 @@ def train(
     }
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
-    show.message(f"final test accuracy {100 * final['test_acc']:.2f}% after {t.epochs} epochs "
+    with_tta = f" ({100 * tta_acc:.2f}% with {t.tta} TTA)" if tta_acc is not None else ""
+    show.message(f"final test accuracy {100 * final['test_acc']:.2f}%{with_tta} after {t.epochs} epochs "
                  f"({summary['wall_seconds']:.0f} s) -> {out_dir}")
     return summary
 

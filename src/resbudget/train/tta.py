@@ -1,0 +1,40 @@
+"""Test-time augmentation: the mean of the model's logits over a few label-preserving views of each image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+TTA_MODES = ("none", "flip", "flip-shift")
+
+
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate by (dy, dx) pixels, filling the uncovered border by reflection (as the training crops pad)."""
+    p = max(abs(dy), abs(dx))
+    if p == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """``none``: the image. ``flip``: it and its mirror. ``flip-shift``: those two, each also moved one pixel up-left
+    and one pixel down-right (6 views)."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"TTA mode must be one of {', '.join(TTA_MODES)}, not {mode!r}")
+    views = [x]
+    if mode in ("flip", "flip-shift"):
+        views.append(x.flip(-1))
+    if mode == "flip-shift":
+        views += [shift(v, d, d) for d in (-1, 1) for v in views[:2]]
+    return views
+
+
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Mean of the logits over ``tta_views(x, mode)``, computed in one batch."""
+    views = tta_views(x, mode)
+    logits = model(torch.cat(views))
+    return logits.view(len(views), x.shape[0], *logits.shape[1:]).mean(0)

@@ -1,0 +1,109 @@
+"""The pieces of the fast recipe that can be checked without a long run: whitening init, alternating flips, TTA,
+allocator tuning, and a training run that uses them all."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resbudget.data import alternating_flip_base, alternating_flips, normalize
+from resbudget.models.init import patch_whitening, whiten_conv_
+from resbudget.train import train
+from resbudget.train.cpu import NO_TUNING_ENV, tune_allocator
+from resbudget.train.tta import shift, tta_logits, tta_views
+
+from .test_train import tiny_config
+
+
+def _patch_covariance(responses: torch.Tensor) -> torch.Tensor:
+    flat = responses.transpose(0, 1).reshape(responses.shape[1], -1).double()
+    flat = flat - flat.mean(1, keepdim=True)
+    return flat @ flat.T / (flat.shape[1] - 1)
+
+
+def test_whitening_filters_decorrelate_real_patches(small_cifar):
+    images = normalize(small_cifar.train.images[:256])
+    filters = patch_whitening(images, 3, eps=1e-6)
+    assert filters.shape == (27, 3, 3, 3)
+    cov = _patch_covariance(F.conv2d(images, filters))
+    off_diagonal = cov - torch.diag(torch.diag(cov))
+    assert off_diagonal.abs().max() < 1e-5
+    assert ((cov.diag() > 0.98) & (cov.diag() < 1 + 1e-6)).all()  # lambda / (lambda + eps): 1 up to eps
+    raw = _patch_covariance(F.unfold(images, 3).transpose(0, 1).reshape(27, -1, 1, 1).transpose(0, 1))
+    off = raw - torch.diag(torch.diag(raw))
+    assert off.abs().max() > 0.5  # neighbouring pixels are strongly correlated before: the test can fail
+    # on other images of the same distribution the responses stay close to decorrelated
+    held_out = _patch_covariance(F.conv2d(normalize(small_cifar.train.images[256:512]), filters)).float()
+    corr = held_out / torch.outer(held_out.diag().sqrt(), held_out.diag().sqrt())
+    assert (corr - torch.eye(27)).abs().max() < 0.3
+
+
+def test_whiten_conv_places_signed_pairs_and_keeps_the_rest(small_cifar):
+    images = normalize(small_cifar.train.images[:64])
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+    before = conv.weight.detach().clone()
+    whiten_conv_(conv, images)
+    w = patch_whitening(images, 3)
+    assert torch.allclose(conv.weight[0:54:2], w) and torch.allclose(conv.weight[1:54:2], -w)
+    assert torch.equal(conv.weight[54:], before[54:])
+    small = whiten_conv_(nn.Conv2d(3, 8, 3, bias=False), images)  # fewer channels: the strongest 4 directions
+    assert torch.allclose(small.weight[0::2], w[:4])
+    with pytest.raises(ValueError, match="channels"):
+        whiten_conv_(nn.Conv2d(1, 8, 3), images)
+
+
+def test_alternating_flips_are_deterministic_and_alternate():
+    base = alternating_flip_base(1000, seed=3)
+    assert torch.equal(base, alternating_flip_base(1000, seed=3))
+    assert not torch.equal(base, alternating_flip_base(1000, seed=4))
+    assert 400 < int(base.sum()) < 600
+    idx = torch.randperm(1000)
+    even, odd = alternating_flips(base, idx, 4), alternating_flips(base, idx, 5)
+    assert torch.equal(even, base[idx]) and torch.equal(odd, ~even)  # each image mirrored in exactly one of the two
+    assert torch.equal(alternating_flips(base, idx, 6), even)
+
+
+def test_shift_moves_pixels_and_reflects_the_border():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    s = shift(x, 1, 1)
+    assert torch.equal(s[..., 1:, 1:], x[..., :-1, :-1])
+    assert torch.equal(s[..., 0, 1:], x[..., 1, :-1])  # reflected row
+    assert torch.equal(shift(x, 0, 0), x)
+
+
+def test_tta_equals_the_mean_of_its_views():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    x = torch.randn(5, 3, 8, 8)
+    model(x)
+    assert len(tta_views(x, "none")) == 1 and len(tta_views(x, "flip")) == 2
+    views = tta_views(x, "flip-shift")
+    assert len(views) == 6 and torch.equal(views[1], x.flip(-1))
+    with torch.no_grad():
+        expected = torch.stack([model(v) for v in views]).mean(0)
+        assert torch.allclose(tta_logits(model, x, "flip-shift"), expected, atol=1e-6)
+        assert not torch.allclose(expected, model(x), atol=1e-3)
+        assert torch.equal(tta_logits(model, x, "none"), model(x))
+    with pytest.raises(ValueError, match="TTA mode"):
+        tta_views(x, "rot90")
+
+
+def test_allocator_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert tune_allocator() is True
+    monkeypatch.setenv(NO_TUNING_ENV, "1")
+    assert tune_allocator() is False
+
+
+def test_training_with_whitening_alternating_flips_and_tta(small_cifar, tmp_path):
+    config = tiny_config("train.whiten_init=true", "data.flip_mode=alternate", "train.tta=flip-shift",
+                         "train.epochs=1")
+    s = train(config, tmp_path / "run", data=small_cifar, progress=False)
+    assert 0 <= s["test_accuracy_tta"] <= 1 and s["test_accuracy"] is not None
+    assert s["allocator_tuned"] in (True, False)
+    plain = train(tiny_config("train.epochs=1"), tmp_path / "plain", data=small_cifar, progress=False)
+    assert plain["test_accuracy_tta"] is None
