@@ -10,7 +10,8 @@ from resbudget.models import build_model, count_params
 from .conftest import TINY
 
 SPECS = [TINY, dataclasses.replace(TINY, shortcut="identity", head_hidden=(12,)),
-         dataclasses.replace(TINY, shortcut="conv3x3")]
+         dataclasses.replace(TINY, shortcut="conv3x3"), dataclasses.replace(TINY, stage_entry="conv-pool",
+                                                                             stage_blocks=(1, 0))]
 
 
 def members(spec, k=3):
@@ -21,7 +22,7 @@ def members(spec, k=3):
     return out
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=["conv1x1", "identity+dense", "conv3x3"])
+@pytest.mark.parametrize("spec", SPECS, ids=["conv1x1", "identity+dense", "conv3x3", "conv-pool"])
 def test_grouped_forward_equals_each_member(spec):
     ms = members(spec)
     grouped = GroupedResNet.from_members(ms).eval()

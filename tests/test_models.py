@@ -178,3 +178,20 @@ def test_specs_near_the_studys_ensemble_member_count():
                                 head_hidden=(64,))
     assert count_params(build_model(exact)) == 987_402
     assert count_params(build_model(nearest_regular)) == 987_410
+
+
+def test_conv_pool_stages_build_the_resnet9_layout():
+    """ResNet-9 (Page's DAWNBench net): prep 64, then 128 + residual, 256, 512 + residual: 6,573,120 params + head."""
+    spec = ModelSpec(stem_width=64, stage_widths=(128, 256, 512), stage_blocks=(1, 0, 1), stage_strides=(2, 2, 2),
+                     stage_entry="conv-pool")
+    model = build_model(spec)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 8 and not any(c.stride != (1, 1) for c in convs)  # pooling, not strided convs, downsamples
+    assert count_params(model) == 6_573_130
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    assert [len(s) for s in model.stages] == [2, 1, 2]
+    with pytest.raises(SpecError, match="0 blocks need stage_entry"):
+        ModelSpec(stage_blocks=(1, 0, 1))
+    with pytest.raises(SpecError, match="stage_entry must be one of"):
+        ModelSpec(stage_entry="pool-conv")

@@ -1,6 +1,6 @@
 """K members of one spec as one network, so small members use the hardware well.
 
-Every convolution runs with ``groups=K`` over K stacked inputs (the plain ``BasicBlock`` with ``groups=K``), every
+Every convolution runs with ``groups=K`` over K stacked inputs (the plain blocks with ``groups=K``), every
 BatchNorm over K*C channels (per-channel statistics are per-member statistics), and each dense layer as a batched
 matmul. Member k owns channel block k of
 every layer, so the K networks never mix: trained with the sum of the members' losses, each gets exactly the gradient
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import ModelSpec, ResNet, build_model
-from ..models.blocks import BasicBlock
+from ..models.builder import make_stages, make_stem
 
 
 class GroupedLinear(nn.Module):
@@ -40,16 +40,9 @@ class GroupedResNet(nn.Module):
     def __init__(self, spec: ModelSpec, k: int) -> None:
         super().__init__()
         self.spec, self.k = spec, k
-        self.stem = nn.Sequential(nn.Conv2d(k * spec.in_channels, k * spec.stem_width, 3, padding=1, bias=False,
-                                            groups=k), nn.BatchNorm2d(k * spec.stem_width), nn.ReLU(inplace=True))
-        stages, width = [], spec.stem_width
-        for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
-            layers = []
-            for b in range(blocks):
-                layers.append(BasicBlock(width, out_width, stride if b == 0 else 1, spec.shortcut, groups=k))
-                width = out_width
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
+        self.stem = make_stem(spec, groups=k)
+        self.stages = make_stages(spec, groups=k)
+        width = spec.stage_widths[-1]
         head: list[nn.Module] = []
         for hidden in spec.head_hidden:
             head += [GroupedLinear(k, width, hidden), nn.ReLU(inplace=True)]

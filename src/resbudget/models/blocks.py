@@ -61,3 +61,17 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
+
+
+class ConvPoolEntry(nn.Module):
+    """The start of a ResNet-9-style stage: conv3x3 to the new width, max-pool by the stride, BN, ReLU. Pooling
+    after the convolution keeps all of the convolution's outputs in play, where a strided convolution drops 3 in 4."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(groups * in_channels, groups * out_channels, 3, padding=1, bias=False, groups=groups)
+        self.pool = nn.MaxPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.bn = nn.BatchNorm2d(groups * out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.pool(self.conv(x))))

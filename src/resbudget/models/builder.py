@@ -6,28 +6,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BasicBlock
+from .blocks import BasicBlock, ConvPoolEntry
 from .spec import ModelSpec
+
+
+def make_stem(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(groups * spec.in_channels, groups * spec.stem_width, 3, padding=1, bias=False, groups=groups),
+        nn.BatchNorm2d(groups * spec.stem_width),
+        nn.ReLU(inplace=True),
+    )
+
+
+def make_stages(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
+    """The stages of ``spec``; ``groups=K``: K independent copies side by side (see ``blocks``)."""
+    stages, width = [], spec.stem_width
+    for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
+        layers: list[nn.Module] = []
+        if spec.stage_entry == "conv-pool":
+            layers.append(ConvPoolEntry(width, out_width, stride, groups))
+            width, stride = out_width, 1
+        for _ in range(blocks):
+            layers.append(BasicBlock(width, out_width, stride, spec.shortcut, groups))
+            width, stride = out_width, 1
+        stages.append(nn.Sequential(*layers))
+    return nn.Sequential(*stages)
 
 
 class ResNet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.stem = nn.Sequential(
-            nn.Conv2d(spec.in_channels, spec.stem_width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(spec.stem_width),
-            nn.ReLU(inplace=True),
-        )
-        stages, width = [], spec.stem_width
-        for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
-            layers = []
-            for b in range(blocks):
-                layers.append(BasicBlock(width, out_width, stride if b == 0 else 1, spec.shortcut))
-                width = out_width
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
+        self.stem = make_stem(spec)
+        self.stages = make_stages(spec)
         head: list[nn.Module] = []
+        width = spec.stage_widths[-1]
         for hidden in spec.head_hidden:
             head += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden

@@ -13,6 +13,8 @@ from .._io import read_toml
 
 ShortcutKind = Literal["conv1x1", "conv3x3", "identity"]
 SHORTCUT_KINDS: tuple[str, ...] = ("conv1x1", "conv3x3", "identity")
+StageEntry = Literal["block", "conv-pool"]
+STAGE_ENTRIES: tuple[str, ...] = ("block", "conv-pool")
 
 
 class SpecError(ValueError):
@@ -28,6 +30,10 @@ class ModelSpec:
     ``conv1x1`` / ``conv3x3`` (conv + BatchNorm) or ``identity`` (average-pool downsampling and zero-padded channels,
     parameter-free; zero-padding cannot drop channels, so where a block narrows, e.g. a 64-wide stem into a 16-wide
     stage, that one shortcut is a 1x1 projection). ``head_hidden`` lists the hidden sizes of the dense head before the classifier.
+
+    ``stage_entry`` says how a stage begins. ``block``: its first residual block changes width and resolution (He et
+    al.). ``conv-pool``: conv3x3 to the new width, then max-pool by the stride, BN and ReLU, then ``stage_blocks[i]``
+    residual blocks at that width, which may be 0 (the ResNet-9 / fast-CIFAR-recipe layout).
     """
 
     stem_width: int = 64
@@ -35,6 +41,7 @@ class ModelSpec:
     stage_blocks: tuple[int, ...] = (2, 2, 2)
     stage_strides: tuple[int, ...] = (1, 2, 2)
     shortcut: ShortcutKind = "conv1x1"
+    stage_entry: StageEntry = "block"
     head_hidden: tuple[int, ...] = ()
     num_classes: int = 10
     in_channels: int = 3
@@ -57,9 +64,12 @@ class ModelSpec:
                     f"{name} has {len(getattr(self, name))} entries but stage_widths has {n}; give one per stage"
                 )
         for name in ("stage_widths", "stage_blocks", "head_hidden"):
-            bad = [v for v in getattr(self, name) if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+            least = 0 if name == "stage_blocks" and self.stage_entry == "conv-pool" else 1
+            bad = [v for v in getattr(self, name) if not isinstance(v, int) or isinstance(v, bool) or v < least]
             if bad:
-                raise SpecError(f"{name} must hold positive integers, got {list(getattr(self, name))}")
+                kind = "non-negative" if least == 0 else "positive"
+                raise SpecError(f"{name} must hold {kind} integers, got {list(getattr(self, name))}"
+                                + (" (0 blocks need stage_entry = 'conv-pool')" if name == "stage_blocks" else ""))
         bad = [s for s in self.stage_strides if s not in (1, 2)]
         if bad:
             raise SpecError(f"stage_strides must be 1 or 2, got {list(self.stage_strides)}")
@@ -69,6 +79,8 @@ class ModelSpec:
                 raise SpecError(f"{name} must be a positive integer, got {v!r}")
         if self.shortcut not in SHORTCUT_KINDS:
             raise SpecError(f"shortcut must be one of {', '.join(SHORTCUT_KINDS)}; got {self.shortcut!r}")
+        if self.stage_entry not in STAGE_ENTRIES:
+            raise SpecError(f"stage_entry must be one of {', '.join(STAGE_ENTRIES)}; got {self.stage_entry!r}")
 
     # --- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

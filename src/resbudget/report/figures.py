@@ -77,8 +77,13 @@ def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
               f"{spec.image_size}", "#c6dbef")]
     for i, (w, b, s, size) in enumerate(zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides, sizes)):
         color = "#f4a582" if size == 1 and collapsed else "#9ecae1"
-        boxes.append((f"stage {i + 1}: {b} × basic block, {w} ch, stride {s}  →  {w}×{size}×{size}   "
-                      f"(shortcut {spec.shortcut})", color))
+        if spec.stage_entry == "conv-pool":
+            pool = f", max-pool {s}" if s > 1 else ""
+            text = f"stage {i + 1}: conv 3×3 {w} ch{pool}, BN, ReLU + {b} × basic block  →  {w}×{size}×{size}"
+        else:
+            text = (f"stage {i + 1}: {b} × basic block, {w} ch, stride {s}  →  {w}×{size}×{size}   "
+                    f"(shortcut {spec.shortcut})")
+        boxes.append((text, color))
     boxes.append((f"global average pool  →  {spec.stage_widths[-1]}", "#eeeeee"))
     for h in spec.head_hidden:
         boxes.append((f"linear {h}, ReLU", "#c7e9c0"))
