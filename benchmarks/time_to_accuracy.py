@@ -1,0 +1,130 @@
+"""Time to accuracy: each recipe over several seeds, and the study's best recipe given the same wall-clock budget.
+
+Usage: python benchmarks/time_to_accuracy.py [RECIPE ...] --data-dir ../shared/cifar10 [--seeds 3]
+       [--baseline configs/shallow-plateau.toml] [--no-baseline] [--out runs/bench]
+RECIPE: a preset name or config file (default: the default recipe of `resbudget train`).
+
+Per recipe it prints params, MACs, epochs, wall time per run (data loading, training, evaluation and TTA included),
+training images/s, achieved GFLOP/s (3 x 2 x MACs per training image: forward + backward) against this machine's
+measured bf16 matmul peak, and final-epoch test accuracy (with and without TTA) as mean ± std over the seeds.
+The baseline recipe is rescaled (scale_epochs) so one run takes about the first recipe's mean wall time, using a
+throughput probe of its model; the ratio of the two accuracies at equal time is the headline.
+Finished runs in --out are reused, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from resbudget.data import load_cifar10
+from resbudget.models import build_model
+from resbudget.train import load_config, scale_epochs, train
+from resbudget.train.loop import autocast, select_device
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    """bf16 matmul throughput of this machine: the ceiling conv training could approach."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def probe_images_per_s(config, steps: int = 5) -> float:  # noqa: ANN001
+    device = select_device(config.train.device)
+    model = build_model(config.model).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    bs = config.train.batch_size
+    x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (bs,), device=device)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with autocast(device, config.train.precision):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return bs / statistics.median(times[1:])
+
+
+def run_recipe(name: str, config, seeds: int, out: Path, data, peak: float) -> dict:  # noqa: ANN001
+    runs = []
+    for seed in range(seeds):
+        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+        run_dir = out / name / f"seed{seed}"
+        done = run_dir / "summary.json"
+        if done.is_file():
+            runs.append(json.loads(done.read_text(encoding="utf-8")))
+        else:
+            runs.append(train(cfg, run_dir, data=data, progress=False, resume=(run_dir / "config.toml").is_file()))
+        r = runs[-1]
+        print(f"  {name} seed {seed}: {100 * r['test_accuracy']:.2f}%"
+              + (f" ({100 * r['test_accuracy_tta']:.2f}% TTA)" if r.get("test_accuracy_tta") is not None else "")
+              + f", {r['wall_seconds']:.0f} s", flush=True)
+
+    def stats(key: str) -> list[float] | None:
+        values = [100 * r[key] for r in runs if r.get(key) is not None]
+        if not values:
+            return None
+        return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+    ips = statistics.mean(r["mean_images_per_s"] for r in runs)
+    gflops = 6 * runs[0]["macs"] * ips / 1e9
+    return {"recipe": name, "params": runs[0]["params"], "macs": runs[0]["macs"], "epochs": runs[0]["epochs"],
+            "seeds": seeds, "accuracy": [round(100 * r["test_accuracy"], 2) for r in runs],
+            "accuracy_tta": [round(100 * r["test_accuracy_tta"], 2) for r in runs if r.get("test_accuracy_tta")],
+            "mean_std": stats("test_accuracy"), "mean_std_tta": stats("test_accuracy_tta"),
+            "wall_seconds": [r["wall_seconds"] for r in runs], "images_per_s": round(ips),
+            "gflops": round(gflops, 1), "peak_fraction": round(gflops / peak, 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("recipes", nargs="*", metavar="RECIPE")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--baseline", default="configs/shallow-plateau.toml")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    a = p.parse_args()
+    names = a.recipes or ["default"]
+    peak = matmul_peak_gflops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 matmul peak {peak:.0f} GFLOP/s",
+          flush=True)
+    data = load_cifar10(a.data_dir)
+    results = []
+    for name in names:
+        config = load_config(None if name == "default" else name)
+        results.append(run_recipe(Path(name).stem, config, a.seeds, a.out, data, peak))
+    if not a.no_baseline:
+        base = load_config(a.baseline)
+        budget = statistics.mean(results[0]["wall_seconds"])
+        n_train = len(data.train) - base.data.val_size
+        epochs = max(1, int(budget * 0.9 * probe_images_per_s(base) / n_train))  # ~10% for evaluation and loading
+        name = f"{Path(a.baseline).stem}-same-time-e{epochs}"
+        print(f"baseline {a.baseline} at {epochs} epochs (~{budget:.0f} s, the first recipe's mean wall time)")
+        results.append(run_recipe(name, scale_epochs(base, epochs), a.seeds, a.out, data, peak))
+    (a.out / "bench.json").write_text(json.dumps({"peak_gflops": round(peak), "results": results}, indent=2) + "\n")
+    print(f"\n| recipe | params | MACs | epochs | wall s (mean) | img/s | GFLOP/s (of {peak:.0f}) | test % | TTA % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        fmt = lambda ms: f"{ms[0]:.2f} ± {ms[1]:.2f}" if ms else "-"  # noqa: E731
+        print(f"| {r['recipe']} | {r['params']:,} | {r['macs'] / 1e6:.0f}M | {r['epochs']} | "
+              f"{statistics.mean(r['wall_seconds']):.0f} | {r['images_per_s']} | {r['gflops']:.0f} "
+              f"({100 * r['peak_fraction']:.0f}%) | {fmt(r['mean_std'])} | {fmt(r['mean_std_tta'])} |")
+
+
+if __name__ == "__main__":
+    main()
