@@ -80,7 +80,8 @@ class TrainConfig:
     eval_test_every_epoch: bool = True  # per-epoch test metrics are for curves only; the result is the final epoch
     tta: Literal["none", "flip", "flip-shift"] = "none"  # also report the final test accuracy with these views
     whiten_init: bool = False  # first conv = whitening filters of training patches (models/init.py)
-    tune_allocator: bool = True  # on CPU: glibc mallopt so freed activations are reused (train/cpu.py)
+    tune_allocator: bool = False  # on CPU: glibc mallopt so freed memory is kept for reuse (train/cpu.py); off by
+    # default: measured here it made short runs 3x slower (docs/RESULTS.md), its gain on long runs is not yet shown
 
 
 @dataclass(frozen=True)
