@@ -36,8 +36,13 @@ def plot_curves(row: Row, path: Path) -> Path:
                 ax.plot(epochs, [v * scale for v in values], style, marker=".", label=split)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    last = max((r["epoch"] for run in row.runs for r in run.metrics), default=1)
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if last <= 20:  # whole epochs, even for a run of one or two (MaxNLocator would put ticks at 0.1 steps)
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)
         ax.grid(alpha=0.3)
         ax.legend()
     seeds = f"{len(row.runs)} seed{'s' if len(row.runs) > 1 else ''}"
