@@ -25,6 +25,8 @@ from .download import download_cifar10
 __all__ = [
                       "BINARY",
                       "CIFAR10",
+                      "alternating_flip_base",
+                      "alternating_flips",
                       "CLASSES",
                       "ENV_VAR",
                       "FORMATS",

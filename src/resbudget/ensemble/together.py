@@ -24,9 +24,8 @@ from ..train.checkpoint import load_state, save_state
 from ..train.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from ..train.cpu import tune_allocator
 from ..train.loop import (RunFolderError, TrainingError, autocast, batched_outputs, epoch_generator, initial_model,
-                          make_optimizer, prepare_splits, select_device)
+                          prepare_splits, select_device, start_or_restore)
 from ..train.metrics import MetricsLog, Progress
-from ..train.schedules import Schedule
 from .grouped import GroupedResNet
 
 
@@ -77,14 +76,7 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
         model = model.to(memory_format=torch.channels_last)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", config_to_toml(config))
-    optimizer = make_optimizer(config, model.parameters())
-    schedule = Schedule(config.schedule, config.optim.lr, t.epochs)
-    start_epoch, wall_before = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
+    optimizer, schedule, start_epoch, wall_before = start_or_restore(config, model, state)
     step_model = torch.compile(model) if t.compile else model
     show = Progress(t.epochs, stream=stream, enabled=progress)
     log = MetricsLog(run_dir, keep_until_epoch=start_epoch)

@@ -146,6 +146,20 @@ def initial_model(config: Config, seed: int, train_split: Split | None = None) -
     return model
 
 
+def start_or_restore(config: Config, model: nn.Module, state: dict[str, Any] | None
+                     ) -> tuple[torch.optim.Optimizer, Schedule, int, float]:
+    """(optimiser, schedule, first epoch to run, wall seconds so far): fresh ones, or, from a checkpoint ``state``,
+    those it saved (its weights are loaded into ``model``)."""
+    optimizer = make_optimizer(config, model.parameters())
+    schedule = Schedule(config.schedule, config.optim.lr, config.train.epochs)
+    if state is None:
+        return optimizer, schedule, 0, 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return optimizer, schedule, int(state["epoch"]), float(state["wall_seconds"])
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     # Order and augmentation of epoch e depend on (seed, e) alone, so a resumed run sees what an uninterrupted one saw.
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
@@ -219,15 +233,9 @@ def train(
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, model.parameters())
-    schedule = Schedule(config.schedule, config.optim.lr, t.epochs)
-    start_epoch, wall_before = 0, 0.0
+    optimizer, schedule, start_epoch, wall_before = start_or_restore(config, model, state)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["cpu_rng"])
-        start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
         show.message(f"resuming {out_dir} after epoch {start_epoch}")
     step_model = torch.compile(model) if t.compile else model
     log = MetricsLog(out_dir, keep_until_epoch=start_epoch)
