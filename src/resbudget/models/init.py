@@ -8,7 +8,7 @@ from torch import nn
 
 
 def patch_whitening(images: torch.Tensor, kernel_size: int, eps: float = 5e-4) -> torch.Tensor:
-    """ZCA-free whitening filters for ``kernel_size`` patches of ``images`` (N, C, H, W), normalised floats.
+    """PCA-whitening filters for ``kernel_size`` patches of ``images`` (N, C, H, W), normalised floats.
 
     Returns (D, C, k, k) filters, D = C*k*k, sorted by decreasing variance of the direction they pick out: filter i
     is eigenvector i of the patch covariance divided by sqrt(eigenvalue + eps), so the D responses on these patches
@@ -16,9 +16,16 @@ def patch_whitening(images: torch.Tensor, kernel_size: int, eps: float = 5e-4) -
     recipes: the net starts from decorrelated inputs instead of learning to decorrelate them.
     """
     c, k = images.shape[1], kernel_size
-    patches = F.unfold(images.double(), k).transpose(1, 2).reshape(-1, c * k * k)  # every k x k window
-    patches = patches - patches.mean(0)
-    cov = patches.T @ patches / (patches.shape[0] - 1)
+    d = c * k * k
+    zeros = dict(dtype=torch.float64, device=images.device)
+    total, outer, count = torch.zeros(d, **zeros), torch.zeros(d, d, **zeros), 0
+    for chunk in images.split(500):  # every k x k window, 500 images at a time (5,000 at once would need ~1 GB)
+        patches = F.unfold(chunk.double(), k).transpose(1, 2).reshape(-1, d)
+        total += patches.sum(0)
+        outer += patches.T @ patches
+        count += patches.shape[0]
+    mean = total / count
+    cov = (outer - count * torch.outer(mean, mean)) / (count - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
     order = eigenvalues.argsort(descending=True)
     filters = eigenvectors[:, order].T / (eigenvalues[order].clamp_min(0) + eps).sqrt()[:, None]

@@ -142,8 +142,12 @@ def initial_model(config: Config, seed: int, train_split: Split | None = None) -
     torch.manual_seed(seed)
     model = build_model(config.model)
     if config.train.whiten_init and train_split is not None:
-        whiten_conv_(model.stem[0], normalize(train_split.images[:WHITEN_IMAGES]).to("cpu"))
+        whiten_stem_(model, train_split)
     return model
+
+
+def whiten_stem_(model: ResNet, train_split: Split) -> None:
+    whiten_conv_(model.stem[0], normalize(train_split.images[:WHITEN_IMAGES]).to("cpu"))
 
 
 def start_or_restore(config: Config, model: nn.Module, state: dict[str, Any] | None
@@ -220,8 +224,8 @@ def train(
     monitor_test = config.schedule.name == "plateau" and config.schedule.monitor == "test"
 
     train_split, val_split, test_split, source = prepare_splits(config, data, device)
-    if t.whiten_init:
-        model = initial_model(config, t.seed, train_split)
+    if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
+        whiten_stem_(model, train_split)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_text(out_dir / "config.toml", config_to_toml(config))
