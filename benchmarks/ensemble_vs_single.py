@@ -18,30 +18,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from resbudget.data import load_cifar10
 from resbudget.ensemble import train_ensemble, widest_member
 from resbudget.models import build_model, count_params, get_preset
 from resbudget.train import default_config, train
-from resbudget.train.loop import autocast
-
-
-def images_per_s(spec, batch: int = 256, steps: int = 5) -> float:  # noqa: ANN001
-    model = build_model(spec).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with autocast(torch.device("cpu"), "bf16"):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return batch / sorted(times[1:])[len(times[1:]) // 2]
+from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 
 def main() -> None:
@@ -57,7 +39,7 @@ def main() -> None:
     member = widest_member(get_preset(a.base), a.budget // k)
     total = k * count_params(build_model(member))
     single = widest_member(get_preset(a.base), total)
-    ips_m, ips_s = images_per_s(member), images_per_s(single)
+    ips_m, ips_s = train_images_per_s(member), train_images_per_s(single)
     data = load_cifar10(a.data_dir)
     n = len(data.train)
     epochs_m = max(1, round(a.minutes * 60 / k * ips_m / n))

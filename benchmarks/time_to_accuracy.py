@@ -22,12 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from resbudget.data import load_cifar10
-from resbudget.models import build_model
 from resbudget.train import load_config, scale_epochs, train
-from resbudget.train.loop import autocast, select_device
+from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -38,25 +36,6 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
-
-
-def probe_images_per_s(config, steps: int = 5) -> float:  # noqa: ANN001
-    device = select_device(config.train.device)
-    model = build_model(config.model).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    bs = config.train.batch_size
-    x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (bs,), device=device)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with autocast(device, config.train.precision):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return bs / statistics.median(times[1:])
 
 
 def run_recipe(name: str, config, seeds: int, out: Path, data, peak: float) -> dict:  # noqa: ANN001
@@ -112,7 +91,7 @@ def main() -> None:
         base = load_config(a.baseline)
         budget = statistics.mean(results[0]["wall_seconds"])
         n_train = len(data.train) - base.data.val_size
-        epochs = max(1, int(budget * 0.9 * probe_images_per_s(base) / n_train))  # ~10% for evaluation and loading
+        epochs = max(1, int(budget * 0.9 * train_images_per_s(base.model, base.train.batch_size, precision=base.train.precision) / n_train))  # ~10% for evaluation and loading
         name = f"{Path(a.baseline).stem}-same-time-e{epochs}"
         print(f"baseline {a.baseline} at {epochs} epochs (~{budget:.0f} s, the first recipe's mean wall time)")
         results.append(run_recipe(name, scale_epochs(base, epochs), a.seeds, a.out, data, peak))

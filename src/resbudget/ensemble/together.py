@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from .._io import read_toml, write_text
-from ..data import CIFAR10, Augment, Split, alternating_flip_base, alternating_flips, normalize
+from ..data import CIFAR10, Split, alternating_flip_base, alternating_flips, normalize
 from ..models import ResNet
 from ..train.checkpoint import load_state, save_state
 from ..train.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from ..train.cpu import tune_allocator
 from ..train.loop import (RunFolderError, TrainingError, autocast, batched_outputs, epoch_generator, initial_model,
-                          prepare_splits, select_device, start_or_restore)
+                          make_augment, prepare_splits, select_device, start_or_restore)
 from ..train.metrics import MetricsLog, Progress
 from .grouped import GroupedResNet
 
@@ -80,8 +80,7 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
     step_model = torch.compile(model) if t.compile else model
     show = Progress(t.epochs, stream=stream, enabled=progress)
     log = MetricsLog(run_dir, keep_until_epoch=start_epoch)
-    augment = Augment(config.data.crop_padding, config.data.pad_mode, config.data.flip, config.data.rotate_degrees,
-                      config.data.cutout)
+    augment = make_augment(config)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     n, bs = len(train_split), t.batch_size
     steps = n // bs

@@ -136,6 +136,11 @@ def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -
     return train.to(device), (val.to(device) if val is not None else None), test.to(device), data.source
 
 
+def make_augment(config: Config) -> Augment:
+    d = config.data
+    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout)
+
+
 def initial_model(config: Config, seed: int, train_split: Split | None = None) -> ResNet:
     """The model before training: built after ``torch.manual_seed(seed)``, and with ``train.whiten_init`` its first
     convolution set from the patches of the first training images."""
@@ -243,8 +248,7 @@ def train(
         show.message(f"resuming {out_dir} after epoch {start_epoch}")
     step_model = torch.compile(model) if t.compile else model
     log = MetricsLog(out_dir, keep_until_epoch=start_epoch)
-    augment = Augment(config.data.crop_padding, config.data.pad_mode, config.data.flip, config.data.rotate_degrees,
-                      config.data.cutout)
+    augment = make_augment(config)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     n, bs = len(train_split), t.batch_size
     steps = n // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
