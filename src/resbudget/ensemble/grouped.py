@@ -10,11 +10,10 @@ it would get alone. ``from_members`` / ``to_members`` convert to and from K plai
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models import ModelSpec, ResNet, build_model
-from ..models.builder import make_stages, make_stem
+from ..models.builder import ACTIVATION_MODULES, global_pool, make_stages, make_stem, scale_logits, unit_std_
 
 
 class GroupedLinear(nn.Module):
@@ -45,15 +44,17 @@ class GroupedResNet(nn.Module):
         width = spec.stage_widths[-1]
         head: list[nn.Module] = []
         for hidden in spec.head_hidden:
-            head += [GroupedLinear(k, width, hidden), nn.ReLU(inplace=True)]
+            head += [GroupedLinear(k, width, hidden), ACTIVATION_MODULES[spec.activation]()]
             width = hidden
         head.append(GroupedLinear(k, width, spec.num_classes))
         self.head = nn.Sequential(*head)
+        if spec.logit_scale != 1.0:
+            for i in range(k):  # per member, as K plain nets would start
+                unit_std_(head[-1].weight[i])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.head(x.reshape(x.shape[0], self.k, -1))
+        x = global_pool(self.stages(self.stem(x)), self.spec)
+        return scale_logits(self.head(x.reshape(x.shape[0], self.k, -1)), self.spec)
 
     @classmethod
     def from_members(cls, members: list[ResNet]) -> "GroupedResNet":

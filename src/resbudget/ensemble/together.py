@@ -23,8 +23,8 @@ from ..models import ResNet
 from ..train.checkpoint import load_state, save_state
 from ..train.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from ..train.cpu import tune_allocator
-from ..train.loop import (RunFolderError, TrainingError, autocast, batched_outputs, epoch_generator, initial_model,
-                          make_augment, prepare_splits, select_device, start_or_restore)
+from ..train.loop import (RunFolderError, TrainingError, autocast, batched_outputs, epoch_generator, freeze_,
+                          initial_model, make_augment, prepare_splits, select_device, set_lr, start_or_restore)
 from ..train.metrics import MetricsLog, Progress
 from .grouped import GroupedResNet
 
@@ -63,6 +63,9 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
     if config.schedule.name == "plateau":
         raise ConfigError("grouped training shares one learning rate, but a plateau schedule reacts to each member's "
                           "own accuracy; use --mode sequential, or a schedule that does not watch a metric")
+    if config.optim.name == "muon":
+        raise ConfigError("grouped training cannot use optim.name = 'muon': Muon orthogonalises a layer's whole "
+                          "filter bank, which in the grouped net would mix the members; use --mode sequential")
     wall_start = time.perf_counter()
     run_dir = Path(run_dir)
     t, k = config.train, len(seeds)
@@ -72,6 +75,7 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
         tune_allocator()
     train_split, val_split, _, _ = prepare_splits(config, data, device)
     model = GroupedResNet.from_members([initial_model(config, seed, train_split) for seed in seeds]).to(device)
+    freeze_(model, config)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +101,7 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
         correct = torch.zeros(k, device=device, dtype=torch.int64)
         for step in range(steps):
             lr = schedule.lr(epoch + step / steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr, config.optim.lr)
             xs, ys = [], []
             for g, order, base in zip(gens, orders, flip_bases):  # each member: own images, order, augmentation
                 idx = order[step * bs:(step + 1) * bs]

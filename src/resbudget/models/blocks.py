@@ -6,9 +6,17 @@ an ensemble trains its members as one network; widths are always given per copy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+
+
+def batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
 class IdentityShortcut(nn.Module):
@@ -30,7 +38,8 @@ class IdentityShortcut(nn.Module):
         return x
 
 
-def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, groups: int = 1) -> nn.Module:
+def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, groups: int = 1,
+                  bn: dict | None = None) -> nn.Module:
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
     if kind == "identity" and out_channels >= in_channels:
@@ -41,37 +50,60 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, g
     return nn.Sequential(
         nn.Conv2d(groups * in_channels, groups * out_channels, kernel, stride=stride, padding=kernel // 2,
                   bias=False, groups=groups),
-        nn.BatchNorm2d(groups * out_channels),
+        batch_norm(groups * out_channels, **(bn or {})),
     )
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU."""
+    """conv3x3-BN-act-conv3x3-BN, plus the shortcut, then act (ReLU unless ``activation`` says otherwise)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, groups: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, groups: int = 1,
+                 activation: str = "relu", bn: dict | None = None) -> None:
         super().__init__()
-        cin, cout = groups * in_channels, groups * out_channels
+        cin, cout, bn = groups * in_channels, groups * out_channels, bn or {}
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, groups=groups)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = batch_norm(cout, **bn)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False, groups=groups)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, groups)
+        self.bn2 = batch_norm(cout, **bn)
+        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, groups, bn)
+        self.act = ACTIVATION_FNS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act(out + self.shortcut(x))
+
+
+class SingleBlock(nn.Module):
+    """conv3x3-BN-act plus the shortcut: the cheapest residual block, one convolution per block."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, groups: int = 1,
+                 activation: str = "relu", bn: dict | None = None) -> None:
+        super().__init__()
+        cin, cout = groups * in_channels, groups * out_channels
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, groups=groups)
+        self.bn = batch_norm(cout, **(bn or {}))
+        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, groups, bn)
+        self.act = ACTIVATION_FNS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x))) + self.shortcut(x)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "single": SingleBlock}
 
 
 class ConvPoolEntry(nn.Module):
-    """The start of a ResNet-9-style stage: conv3x3 to the new width, max-pool by the stride, BN, ReLU. Pooling
+    """The start of a ResNet-9-style stage: conv3x3 to the new width, max-pool by the stride, BN, act. Pooling
     after the convolution keeps all of the convolution's outputs in play, where a strided convolution drops 3 in 4."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int = 1,
+                 activation: str = "relu", bn: dict | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(groups * in_channels, groups * out_channels, 3, padding=1, bias=False, groups=groups)
-        self.pool = nn.MaxPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
-        self.bn = nn.BatchNorm2d(groups * out_channels)
+        self.pool = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
+        self.bn = batch_norm(groups * out_channels, **(bn or {}))
+        self.act = ACTIVATION_FNS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.pool(self.conv(x))))
+        return self.act(self.bn(self.pool(self.conv(x))))

@@ -6,16 +6,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BasicBlock, ConvPoolEntry
+from .blocks import BLOCKS, ConvPoolEntry, batch_norm
 from .spec import ModelSpec
+
+ACTIVATION_MODULES = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
+
+
+def bn_args(spec: ModelSpec) -> dict:
+    return {"eps": spec.bn_eps, "momentum": spec.bn_momentum}
 
 
 def make_stem(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(groups * spec.in_channels, groups * spec.stem_width, 3, padding=1, bias=False, groups=groups),
-        nn.BatchNorm2d(groups * spec.stem_width),
-        nn.ReLU(inplace=True),
-    )
+    """conv(stem_kernel) [+ BN] + act; ``stem[0]`` is the convolution (the one whitening initialises)."""
+    k = spec.stem_kernel
+    conv = nn.Conv2d(groups * spec.in_channels, groups * spec.stem_width, k, padding=k // 2 if k % 2 else 0,
+                     bias=not spec.stem_norm, groups=groups)
+    norm = [batch_norm(groups * spec.stem_width, **bn_args(spec))] if spec.stem_norm else []
+    return nn.Sequential(conv, *norm, ACTIVATION_MODULES[spec.activation]())
 
 
 def make_stages(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
@@ -24,10 +31,11 @@ def make_stages(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
     for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
         layers: list[nn.Module] = []
         if spec.stage_entry == "conv-pool":
-            layers.append(ConvPoolEntry(width, out_width, stride, groups))
+            layers.append(ConvPoolEntry(width, out_width, stride, groups, spec.activation, bn_args(spec)))
             width, stride = out_width, 1
         for _ in range(blocks):
-            layers.append(BasicBlock(width, out_width, stride, spec.shortcut, groups))
+            layers.append(BLOCKS[spec.block](width, out_width, stride, spec.shortcut, groups, spec.activation,
+                                             bn_args(spec)))
             width, stride = out_width, 1
         stages.append(nn.Sequential(*layers))
     return nn.Sequential(*stages)
@@ -42,19 +50,35 @@ class ResNet(nn.Module):
         head: list[nn.Module] = []
         width = spec.stage_widths[-1]
         for hidden in spec.head_hidden:
-            head += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            head += [nn.Linear(width, hidden), ACTIVATION_MODULES[spec.activation]()]
             width = hidden
         head.append(nn.Linear(width, spec.num_classes))
         self.head = nn.Sequential(*head)
+        if spec.logit_scale != 1.0:
+            unit_std_(head[-1].weight)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        # Global average pooling: kuangliu's avg_pool2d(out, 4) on a 4x4 map, but valid for any final size.
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.head(x)
+        return scale_logits(self.head(global_pool(self.features(x), self.spec)), self.spec)
+
+
+def global_pool(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C). Average: kuangliu's avg_pool2d(out, 4) on a 4x4 map, but valid for any final size."""
+    pooled = F.adaptive_max_pool2d(x, 1) if spec.global_pool == "max" else F.adaptive_avg_pool2d(x, 1)
+    return pooled.flatten(1)
+
+
+def scale_logits(logits: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    return logits * spec.logit_scale if spec.logit_scale != 1.0 else logits
+
+
+@torch.no_grad()
+def unit_std_(weight: torch.Tensor) -> None:
+    """Classifier weights at unit standard deviation: with logits scaled down (airbench: by 1/width) the default
+    initialisation would start the net with near-constant outputs."""
+    weight.mul_(1.0 / weight.std())
 
 
 def build_model(spec: ModelSpec) -> ResNet:

@@ -53,3 +53,13 @@ def whiten_conv_(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> nn
     if conv.bias is not None:
         conv.bias[:2 * pairs] = 0
     return conv
+
+
+@torch.no_grad()
+def dirac_init_(convs: list[nn.Conv2d]) -> None:
+    """Each conv's first ``in_channels`` filters become identities (filter i passes input channel i through), the
+    rest keep their random initialisation: airbench's start, where every layer begins close to passing its input on."""
+    for conv in convs:
+        if conv.groups != 1:
+            raise ValueError("dirac initialisation needs ungrouped convolutions")
+        nn.init.dirac_(conv.weight[:conv.in_channels])

@@ -15,6 +15,12 @@ ShortcutKind = Literal["conv1x1", "conv3x3", "identity"]
 SHORTCUT_KINDS: tuple[str, ...] = ("conv1x1", "conv3x3", "identity")
 StageEntry = Literal["block", "conv-pool"]
 STAGE_ENTRIES: tuple[str, ...] = ("block", "conv-pool")
+BlockKind = Literal["basic", "single"]
+BLOCK_KINDS: tuple[str, ...] = ("basic", "single")
+Activation = Literal["relu", "gelu"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
+GlobalPool = Literal["avg", "max"]
+GLOBAL_POOLS: tuple[str, ...] = ("avg", "max")
 
 
 class SpecError(ValueError):
@@ -33,7 +39,18 @@ class ModelSpec:
 
     ``stage_entry`` says how a stage begins. ``block``: its first residual block changes width and resolution (He et
     al.). ``conv-pool``: conv3x3 to the new width, then max-pool by the stride, BN and ReLU, then ``stage_blocks[i]``
-    residual blocks at that width, which may be 0 (the ResNet-9 / fast-CIFAR-recipe layout).
+    residual blocks at that width, which may be 0 (the ResNet-9 / fast-CIFAR-recipe layout). The pooling floors odd
+    sizes (31 -> 15), as ``nn.MaxPool2d`` does.
+
+    ``block``: ``basic`` is conv3x3-BN-act-conv3x3-BN plus the shortcut, then act (He et al.); ``single`` is one
+    conv3x3-BN-act plus the shortcut, the cheapest residual block (a fast-recipe stage: conv-pool, then one
+    ``single`` block, is airbench's conv group with a skip around its second convolution).
+
+    ``stem_kernel``: odd kernels are padded to keep the size, even ones are unpadded (2 -> 31x31 from 32x32, the
+    2x2 patch-whitening stem of airbench); ``stem_norm = false`` gives the stem conv a bias and no BatchNorm.
+    ``activation`` is used everywhere, ``global_pool`` reduces the last map, ``logit_scale`` multiplies the logits
+    (with a value other than 1 the classifier's weights start at unit standard deviation, as in airbench, which
+    scales by 1/width). ``bn_momentum`` / ``bn_eps`` are torch's BatchNorm arguments.
     """
 
     stem_width: int = 64
@@ -43,6 +60,14 @@ class ModelSpec:
     shortcut: ShortcutKind = "conv1x1"
     stage_entry: StageEntry = "block"
     head_hidden: tuple[int, ...] = ()
+    block: BlockKind = "basic"
+    stem_kernel: int = 3
+    stem_norm: bool = True
+    activation: Activation = "relu"
+    global_pool: GlobalPool = "avg"
+    logit_scale: float = 1.0
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
     num_classes: int = 10
     in_channels: int = 3
     image_size: int = 32
@@ -73,14 +98,27 @@ class ModelSpec:
         bad = [s for s in self.stage_strides if s not in (1, 2)]
         if bad:
             raise SpecError(f"stage_strides must be 1 or 2, got {list(self.stage_strides)}")
-        for name in ("stem_width", "num_classes", "in_channels", "image_size"):
+        for name in ("stem_width", "stem_kernel", "num_classes", "in_channels", "image_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise SpecError(f"{name} must be a positive integer, got {v!r}")
         if self.shortcut not in SHORTCUT_KINDS:
             raise SpecError(f"shortcut must be one of {', '.join(SHORTCUT_KINDS)}; got {self.shortcut!r}")
-        if self.stage_entry not in STAGE_ENTRIES:
-            raise SpecError(f"stage_entry must be one of {', '.join(STAGE_ENTRIES)}; got {self.stage_entry!r}")
+        for name, allowed in (("stage_entry", STAGE_ENTRIES), ("block", BLOCK_KINDS), ("activation", ACTIVATIONS),
+                              ("global_pool", GLOBAL_POOLS)):
+            if getattr(self, name) not in allowed:
+                raise SpecError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if not isinstance(self.stem_norm, bool):
+            raise SpecError(f"stem_norm must be true or false, got {self.stem_norm!r}")
+        for name, low, high in (("logit_scale", 0.0, float("inf")), ("bn_momentum", 0.0, 1.0), ("bn_eps", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low < v <= high:
+                raise SpecError(f"{name} must be a number in ({low}, {high}], got {v!r}")
+        if self.stem_kernel > self.image_size:
+            raise SpecError(f"stem_kernel ({self.stem_kernel}) is larger than the image ({self.image_size})")
+        if min(stage_sizes(self)) < 1:
+            raise SpecError(f"the feature map shrinks to nothing: stage sizes {stage_sizes(self)} from a "
+                            f"{self.image_size}px image; use fewer stride-2 stages")
 
     # --- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -106,11 +144,17 @@ class ModelSpec:
         return cls.from_dict(data)
 
 
+def stem_size(spec: ModelSpec) -> int:
+    """Spatial size after the stem: kept by odd (padded) kernels, shrunk by k - 1 by even (unpadded) ones."""
+    return spec.image_size if spec.stem_kernel % 2 else spec.image_size - spec.stem_kernel + 1
+
+
 def stage_sizes(spec: ModelSpec) -> list[int]:
-    """Spatial size of each stage's output (3x3 convs with padding 1: ceil division by the stride)."""
-    size, sizes = spec.image_size, []
+    """Spatial size of each stage's output: strided 3x3 convs with padding 1 divide rounding up, max-pooling
+    (``conv-pool``) rounding down."""
+    size, sizes = stem_size(spec), []
     for stride in spec.stage_strides:
-        size = (size + stride - 1) // stride
+        size = size // stride if spec.stage_entry == "conv-pool" else (size + stride - 1) // stride
         sizes.append(size)
     return sizes
 

@@ -43,12 +43,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    name: Literal["sgd", "adam", "adamw", "muon"] = "sgd"
+    lr: float = 0.1  # muon: the lr of the convolution filters
+    momentum: float = 0.9  # muon: the filters' momentum
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # muon: decay per step at the peak lr of the SGD-trained tensors (train/muon.py)
     betas: tuple[float, ...] = (0.9, 0.999)
+    # muon only: everything that is not a convolution filter takes Nesterov SGD steps with these
+    bias_lr: float = 0.0  # BatchNorm and stem biases, dense-head layers (lr on the mean loss)
+    head_lr: float = 0.0  # the classifier's weight
+    aux_momentum: float = 0.85
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class TrainConfig:
     eval_test_every_epoch: bool = True  # per-epoch test metrics are for curves only; the result is the final epoch
     tta: Literal["none", "flip", "flip-shift"] = "none"  # also report the final test accuracy with these views
     whiten_init: bool = False  # first conv = whitening filters of training patches (models/init.py)
+    freeze_bn_weight: bool = False  # BatchNorm scales stay at 1; only their biases train (airbench)
+    freeze_stem: bool = False  # the stem convolution's filters are not trained (with whiten_init: fixed whitening)
+    dirac_init: bool = False  # every 3x3 conv after the stem starts with its first in_channels filters as identities
     tune_allocator: bool = False  # on CPU: glibc mallopt so freed memory is kept for reuse (train/cpu.py); off by
     # default: measured here it made short runs 3x slower (docs/RESULTS.md), its gain on long runs is not yet shown
 
@@ -128,6 +135,15 @@ class Config:
             raise ConfigError(f"schedule.warmup_epochs ({s.warmup_epochs}) must be below train.epochs ({t.epochs})")
         if list(s.milestones) != sorted(s.milestones):
             raise ConfigError(f"schedule.milestones must be increasing, got {list(s.milestones)}")
+        if self.optim.name == "muon":
+            for name in ("bias_lr", "head_lr"):
+                value = getattr(self.optim, name)
+                if not (value > 0 and math.isfinite(value)):
+                    raise ConfigError(f"optim.{name} must be a positive number with optim.name = 'muon', got {value}")
+        if not 0.0 <= self.optim.momentum < 1.0 or not 0.0 <= self.optim.aux_momentum < 1.0:
+            raise ConfigError("optim.momentum and optim.aux_momentum must be in [0, 1)")
+        if self.optim.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.optim.weight_decay}")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas needs two numbers, got {list(self.optim.betas)}")
 

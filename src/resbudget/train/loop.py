@@ -22,11 +22,12 @@ from .._io import read_toml, write_text
 from ..data import (CIFAR10, Augment, Split, alternating_flip_base, alternating_flips, load_cifar10, normalize,
                     stratified_split)
 from ..models import ResNet, build_model, check_budget, count_params, summarize
-from ..models.init import whiten_conv_
+from ..models.init import dirac_init_, whiten_conv_
 from .checkpoint import load_model, load_state, save_state, save_weights
 from .config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from .metrics import MetricsLog, Progress
 from .cpu import tune_allocator
+from .muon import MuonSGD, muon_param_groups
 from .schedules import Schedule
 from .tta import tta_logits
 
@@ -66,7 +67,29 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def make_optimizer(config: Config, params) -> torch.optim.Optimizer:
+def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` over ``model``'s trainable tensors. Every param group records its peak lr as
+    ``initial_lr``; the schedule scales all of them by the same factor (``set_lr``)."""
+    o = config.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "muon":
+        groups = muon_param_groups(model, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, bias_lr=o.bias_lr,
+                                   head_lr=o.head_lr, aux_momentum=o.aux_momentum, weight_decay=o.weight_decay)
+        optimizer: torch.optim.Optimizer = MuonSGD(groups, lr=o.lr)
+    else:
+        optimizer = _plain_optimizer(config, params)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float) -> None:
+    """The schedule's ``lr`` for a peak of ``base_lr``, applied to every group in proportion to its own peak."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lr / base_lr
+
+
+def _plain_optimizer(config: Config, params) -> torch.optim.Optimizer:
     o = config.optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
@@ -146,9 +169,26 @@ def initial_model(config: Config, seed: int, train_split: Split | None = None) -
     convolution set from the patches of the first training images."""
     torch.manual_seed(seed)
     model = build_model(config.model)
-    if config.train.whiten_init and train_split is not None:
+    t = config.train
+    if t.dirac_init:
+        stem = model.stem[0]
+        dirac_init_([m for m in model.modules() if isinstance(m, nn.Conv2d) and m is not stem
+                     and m.kernel_size == (3, 3)])
+    freeze_(model, config)
+    if t.whiten_init and train_split is not None:
         whiten_stem_(model, train_split)
     return model
+
+
+def freeze_(model: nn.Module, config: Config) -> None:
+    """Switch off training of the tensors ``train.freeze_bn_weight`` / ``train.freeze_stem`` name (any net with a
+    ``stem``, plain or grouped)."""
+    if config.train.freeze_bn_weight:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+    if config.train.freeze_stem:
+        model.stem[0].weight.requires_grad_(False)
 
 
 def whiten_stem_(model: ResNet, train_split: Split) -> None:
@@ -159,7 +199,7 @@ def start_or_restore(config: Config, model: nn.Module, state: dict[str, Any] | N
                      ) -> tuple[torch.optim.Optimizer, Schedule, int, float]:
     """(optimiser, schedule, first epoch to run, wall seconds so far): fresh ones, or, from a checkpoint ``state``,
     those it saved (its weights are loaded into ``model``)."""
-    optimizer = make_optimizer(config, model.parameters())
+    optimizer = make_optimizer(config, model)
     schedule = Schedule(config.schedule, config.optim.lr, config.train.epochs)
     if state is None:
         return optimizer, schedule, 0, 0.0
@@ -263,8 +303,7 @@ def train(
         correct = torch.zeros((), device=device, dtype=torch.int64)
         for step in range(steps):
             lr = schedule.lr(epoch + step / steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr, config.optim.lr)
             idx = order[step * bs:(step + 1) * bs]
             flips = alternating_flips(flip_base, idx, epoch) if flip_base is not None else None
             x = augment(normalize(train_split.images[idx]), g, flips)

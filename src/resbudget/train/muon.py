@@ -1,0 +1,108 @@
+"""Muon for convolution filters, Nesterov SGD for everything else, as one optimiser (one state_dict, one schedule).
+
+Muon (Jordan et al. 2024) replaces a filter bank's momentum by the nearest semi-orthogonal matrix (all singular
+values 1), computed with a few Newton-Schulz iterations, so every direction of the update moves at the same rate.
+As in airbench94's Muon recipe, the filters are also rescaled to a fixed norm (sqrt(out channels)) before each
+step: with BatchNorm after every convolution the scale of the filters carries no information, and keeping it fixed
+keeps the effective step size fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+# Quintic Newton-Schulz coefficients of Jordan et al.: chosen for the fastest growth of small singular values, not
+# for exact convergence (the result has singular values in roughly [0.7, 1.2], which Muon does not mind).
+_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately U V^T for the 2-D ``g`` = U S V^T, by ``steps`` Newton-Schulz iterations in bfloat16."""
+    if g.dim() != 2:
+        raise ValueError(f"orthogonalize needs a matrix, got shape {tuple(g.shape)}")
+    a, b, c = _NS_COEFFS
+    x = g.to(torch.bfloat16)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Param groups with ``muon=True`` take Muon steps (no weight decay: the norm is fixed instead); the others take
+    Nesterov/heavy-ball SGD steps with (coupled) weight decay, like ``torch.optim.SGD``."""
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, muon: bool = False, ns_steps: int = 5) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError("lr, momentum and weight_decay must be >= 0")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, muon=muon,
+                        ns_steps=ns_steps)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, nesterov = group["lr"], group["momentum"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if not group["muon"] and group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if mom:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(g)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(mom).add_(g)
+                    g = g.add(buf, alpha=mom) if nesterov else buf
+                if group["muon"]:
+                    p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
+                    update = orthogonalize(g.reshape(p.shape[0], -1), group["ns_steps"]).view(p.shape)
+                    p.add_(update, alpha=-lr)
+                else:
+                    p.add_(g, alpha=-lr)
+        return loss
+
+
+def muon_param_groups(model: nn.Module, *, lr: float, momentum: float, nesterov: bool, bias_lr: float,
+                      head_lr: float, aux_momentum: float, weight_decay: float) -> list[dict]:
+    """Trainable convolution filters (4-D) -> Muon at ``lr``; the classifier's weight -> SGD at ``head_lr``; every
+    other trainable tensor (BatchNorm and stem biases, dense-head layers) -> SGD at ``bias_lr``. ``weight_decay`` is
+    the decay per step at the peak lr: group g gets ``weight_decay / lr_g`` (as airbench sets it)."""
+    filters, head, rest = [], [], []
+    classifier = _classifier_weight(model)
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() == 4:
+            filters.append(p)
+        elif p is classifier:
+            head.append(p)
+        else:
+            rest.append(p)
+    groups = [dict(params=filters, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0, muon=True)]
+    for params, group_lr in ((rest, bias_lr), (head, head_lr)):
+        if params:
+            groups.append(dict(params=params, lr=group_lr, momentum=aux_momentum, nesterov=aux_momentum > 0,
+                               weight_decay=weight_decay / group_lr, muon=False))
+    return groups
+
+
+def _classifier_weight(model: nn.Module) -> torch.Tensor | None:
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Sequential) and len(head):
+        return getattr(head[-1], "weight", None)
+    return None
