@@ -1,7 +1,7 @@
 """Time to accuracy: each recipe over several seeds, and the study's best recipe given the same wall-clock budget.
 
 Usage: python benchmarks/time_to_accuracy.py [RECIPE ...] --data-dir ../shared/cifar10 [--seeds 3]
-       [--baseline configs/shallow-plateau.toml] [--no-baseline] [--out runs/bench]
+       [--baseline configs/shallow-plateau.toml] [--baseline-seeds N] [--no-baseline] [--out runs/bench]
 RECIPE: a preset name or config file (default: the default recipe of `resbudget train`).
 
 Per recipe it prints params, MACs, epochs, wall time per run (data loading, training, evaluation and TTA included),
@@ -38,16 +38,18 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def run_recipe(name: str, config, seeds: int, out: Path, data, peak: float) -> dict:  # noqa: ANN001
+def run_recipe(name: str, config, seeds: int, out: Path, data_dir: str, peak: float) -> dict:  # noqa: ANN001
+    """Each run loads the data itself (as `resbudget train` does), so its wall time includes loading."""
     runs = []
     for seed in range(seeds):
-        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed),
+                                  data=dataclasses.replace(config.data, data_dir=str(Path(data_dir).resolve())))
         run_dir = out / name / f"seed{seed}"
         done = run_dir / "summary.json"
         if done.is_file():
             runs.append(json.loads(done.read_text(encoding="utf-8")))
         else:
-            runs.append(train(cfg, run_dir, data=data, progress=False, resume=(run_dir / "config.toml").is_file()))
+            runs.append(train(cfg, run_dir, progress=False, resume=(run_dir / "config.toml").is_file()))
         r = runs[-1]
         print(f"  {name} seed {seed}: {100 * r['test_accuracy']:.2f}%"
               + (f" ({100 * r['test_accuracy_tta']:.2f}% TTA)" if r.get("test_accuracy_tta") is not None else "")
@@ -75,6 +77,7 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--baseline", default="configs/shallow-plateau.toml")
+    p.add_argument("--baseline-seeds", type=int, default=None, help="seeds of the baseline (default: --seeds)")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     a = p.parse_args()
@@ -86,7 +89,7 @@ def main() -> None:
     results = []
     for name in names:
         config = load_config(None if name == "default" else name)
-        results.append(run_recipe(Path(name).stem, config, a.seeds, a.out, data, peak))
+        results.append(run_recipe(Path(name).stem, config, a.seeds, a.out, a.data_dir, peak))
     if not a.no_baseline:
         base = load_config(a.baseline)
         budget = statistics.mean(results[0]["wall_seconds"])
@@ -94,7 +97,8 @@ def main() -> None:
         epochs = max(1, int(budget * 0.9 * train_images_per_s(base.model, base.train.batch_size, precision=base.train.precision) / n_train))  # ~10% for evaluation and loading
         name = f"{Path(a.baseline).stem}-same-time-e{epochs}"
         print(f"baseline {a.baseline} at {epochs} epochs (~{budget:.0f} s, the first recipe's mean wall time)")
-        results.append(run_recipe(name, scale_epochs(base, epochs), a.seeds, a.out, data, peak))
+        results.append(run_recipe(name, scale_epochs(base, epochs), a.baseline_seeds or a.seeds, a.out, a.data_dir,
+                                  peak))
     (a.out / "bench.json").write_text(json.dumps({"peak_gflops": round(peak), "results": results}, indent=2) + "\n")
     print(f"\n| recipe | params | MACs | epochs | wall s (mean) | img/s | GFLOP/s (of {peak:.0f}) | test % | TTA % |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

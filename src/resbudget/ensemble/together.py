@@ -97,6 +97,8 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
         gens = [epoch_generator(seed, epoch, device) for seed in seeds]
         orders = [torch.randperm(n, generator=g, device=device) for g in gens]
         model.train()
+        if t.stem_bias_epochs:
+            model.stem[0].bias.requires_grad_(epoch < t.stem_bias_epochs)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros(k, device=device, dtype=torch.int64)
         for step in range(steps):

@@ -86,6 +86,8 @@ class TrainConfig:
     whiten_init: bool = False  # first conv = whitening filters of training patches (models/init.py)
     freeze_bn_weight: bool = False  # BatchNorm scales stay at 1; only their biases train (airbench)
     freeze_stem: bool = False  # the stem convolution's filters are not trained (with whiten_init: fixed whitening)
+    stem_bias_epochs: int = 0  # > 0: the stem conv's bias (stem_norm = false) trains only in the first N epochs; with
+    # a frozen stem the first stage then needs no input gradient, the dearest backward pass of the net (airbench: 3)
     dirac_init: bool = False  # every 3x3 conv after the stem starts with its first in_channels filters as identities
     tune_allocator: bool = False  # on CPU: glibc mallopt so freed memory is kept for reuse (train/cpu.py); off by
     # default: measured here it made short runs 3x slower (docs/RESULTS.md), its gain on long runs is not yet shown
@@ -122,7 +124,8 @@ class Config:
                                  ("train.eval_batch_size", t.eval_batch_size, 1), ("train.budget", t.budget, 1),
                                  ("data.val_size", self.data.val_size, 0), ("data.crop_padding", self.data.crop_padding, 0),
                                  ("data.cutout", self.data.cutout, 0), ("data.train_limit", self.data.train_limit, 0),
-                                 ("data.test_limit", self.data.test_limit, 0), ("schedule.patience", s.patience, 0)):
+                                 ("data.test_limit", self.data.test_limit, 0), ("schedule.patience", s.patience, 0),
+                                 ("train.stem_bias_epochs", t.stem_bias_epochs, 0)):
             if value < low:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")
         if not 0.0 <= t.label_smoothing < 1.0:
@@ -135,6 +138,8 @@ class Config:
             raise ConfigError(f"schedule.warmup_epochs ({s.warmup_epochs}) must be below train.epochs ({t.epochs})")
         if list(s.milestones) != sorted(s.milestones):
             raise ConfigError(f"schedule.milestones must be increasing, got {list(s.milestones)}")
+        if t.stem_bias_epochs and self.model.stem_norm:
+            raise ConfigError("train.stem_bias_epochs needs a stem with a bias: set model.stem_norm = false")
         if self.optim.name == "muon":
             for name in ("bias_lr", "head_lr"):
                 value = getattr(self.optim, name)

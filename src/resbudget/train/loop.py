@@ -299,6 +299,8 @@ def train(
         g = epoch_generator(t.seed, epoch, device)
         order = torch.randperm(n, generator=g, device=device)
         model.train()
+        if t.stem_bias_epochs:
+            model.stem[0].bias.requires_grad_(epoch < t.stem_bias_epochs)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         for step in range(steps):

@@ -1,0 +1,163 @@
+"""The Muon optimiser and the airbench-style pieces of the builder and the trainer."""
+
+
+import pytest
+import torch
+from torch import nn
+
+from resbudget.models import ModelSpec, SpecError, build_model, count_params, stage_sizes, summarize
+from resbudget.models.init import dirac_init_
+from resbudget.train import load_config, train
+from resbudget.train.config import ConfigError
+from resbudget.train.loop import initial_model, make_optimizer, set_lr
+from resbudget.train.muon import MuonSGD, muon_param_groups, orthogonalize
+
+from .test_train import tiny_config
+
+AIRRES = ModelSpec(stem_width=24, stem_kernel=2, stem_norm=False, stage_widths=(64, 256, 256),
+                   stage_blocks=(1, 1, 1), stage_strides=(2, 2, 2), stage_entry="conv-pool", block="single",
+                   shortcut="identity", activation="gelu", global_pool="max", logit_scale=1 / 256,
+                   bn_momentum=0.4, bn_eps=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(64, 576), (576, 64), (10, 10)])
+def test_orthogonalize_gives_singular_values_near_one(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    s = torch.linalg.svdvals(orthogonalize(g).float())
+    assert s.shape[0] == min(shape)
+    assert 0.5 < s.min() and s.max() < 1.3  # the quintic iteration is approximate by design
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 2  # the input was far from orthogonal
+
+
+def test_orthogonalize_refuses_a_non_matrix():
+    with pytest.raises(ValueError, match="needs a matrix"):
+        orthogonalize(torch.ones(2, 3, 4))
+
+
+def test_muon_step_fixes_the_filter_norm_and_moves_by_an_orthogonal_update():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(16, 8, 3, 3) * 5)
+    opt = MuonSGD([w], lr=0.1, momentum=0.0, muon=True)
+    w.grad = torch.randn_like(w)
+    before = w.detach().clone()
+    opt.step()
+    normalised = before * 16 ** 0.5 / before.norm()
+    update = (normalised - w.detach()).reshape(16, -1) / 0.1
+    s = torch.linalg.svdvals(update)
+    assert 0.5 < s.min() and s.max() < 1.3
+    w.grad = torch.zeros_like(w)  # a zero gradient still renormalises: the norm is sqrt(out channels)
+    opt.step()
+    assert torch.isclose(w.detach().norm(), torch.tensor(4.0), atol=1e-3)
+
+
+def test_non_muon_groups_match_torch_sgd():
+    torch.manual_seed(0)
+    a = nn.Parameter(torch.randn(5, 3))
+    b = nn.Parameter(a.detach().clone())
+    ours = MuonSGD([a], lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.01, muon=False)
+    ref = torch.optim.SGD([b], lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.01)
+    for i in range(4):
+        g = torch.randn(5, 3, generator=torch.Generator().manual_seed(i))
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_param_groups_split_filters_classifier_and_the_rest():
+    model = build_model(AIRRES)
+    model.stem[0].weight.requires_grad_(False)
+    groups = muon_param_groups(model, lr=0.24, momentum=0.6, nesterov=True, bias_lr=100.0, head_lr=1000.0,
+                               aux_momentum=0.85, weight_decay=0.004)
+    muon, rest, head = groups
+    assert muon["muon"] and all(p.dim() == 4 for p in muon["params"])
+    assert model.stem[0].weight not in muon["params"] and len(muon["params"]) == 6
+    assert head["params"] == [model.head[0].weight] and head["weight_decay"] == pytest.approx(0.004 / 1000)
+    assert any(p is model.stem[0].bias for p in rest["params"]) and rest["lr"] == 100.0
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in groups for p in g["params"]) == trainable
+
+
+def test_set_lr_scales_every_group_by_the_schedule():
+    config = load_config("fast", ["optim.name=muon", "optim.lr=0.2", "optim.bias_lr=10.0", "optim.head_lr=40.0"])
+    opt = make_optimizer(config, build_model(config.model))
+    set_lr(opt, 0.05, config.optim.lr)  # a quarter of the peak
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 2.5, 10.0])
+
+
+def test_muon_needs_its_sgd_lrs():
+    with pytest.raises(ConfigError, match="optim.bias_lr must be a positive number"):
+        load_config("fast", ["optim.name=muon"])
+
+
+def test_airres_counts_and_sizes():
+    # airbench94's net (1,972,792 params, no classifier bias) plus our classifier bias; 2x2 stem: 31 -> 15 -> 7 -> 3
+    assert count_params(build_model(AIRRES)) == 1_972_802
+    assert stage_sizes(AIRRES) == [15, 7, 3]
+    assert summarize(AIRRES).macs == 118_147_360
+    out = build_model(AIRRES)(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+
+
+def test_scaled_logits_start_from_a_unit_std_classifier():
+    model = build_model(AIRRES)
+    assert model.head[0].weight.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert build_model(ModelSpec()).head[0].weight.std().item() < 0.2  # torch's default, unchanged
+
+
+def test_single_block_is_conv_bn_act_plus_the_input():
+    model = build_model(AIRRES).eval()
+    block = model.stages[0][1]
+    x = torch.randn(2, 64, 15, 15)
+    expected = torch.nn.functional.gelu(block.bn(block.conv(x))) + x
+    assert torch.allclose(block(x), expected)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stage_strides": (2, 2, 2, 2, 2)}, "shrinks to nothing"),
+    ({"activation": "tanh"}, "activation must be one of"),
+    ({"logit_scale": 0.0}, "logit_scale must be a number"),
+    ({"block": "bottleneck"}, "block must be one of"),
+    ({"stem_kernel": 40}, "stem_kernel"),
+])
+def test_bad_airres_spec_is_rejected(change, message):
+    spec = AIRRES.to_dict()
+    spec.update(change)
+    if "stage_strides" in change:
+        spec.update(stage_widths=[8] * 5, stage_blocks=[0] * 5)
+    with pytest.raises(SpecError, match=message):
+        ModelSpec.from_dict(spec)
+
+
+def test_dirac_init_makes_the_first_filters_identities():
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    before = conv.weight.detach().clone()
+    dirac_init_([conv])
+    x = torch.randn(1, 4, 5, 5)
+    assert torch.allclose(conv(x)[:, :4], x, atol=1e-6)
+    assert torch.equal(conv.weight[4:], before[4:])
+
+
+def test_frozen_bn_scales_and_stem_do_not_move_in_training(small_cifar, tmp_path):
+    config = tiny_config("train.epochs=1", "train.freeze_bn_weight=true", "train.freeze_stem=true",
+                         "train.dirac_init=true", "optim.name=muon", "optim.lr=0.1", "optim.bias_lr=1.0",
+                         "optim.head_lr=1.0", "optim.weight_decay=0.001")
+    start = initial_model(config, 0)
+    assert not start.stem[0].weight.requires_grad
+    s = train(config, tmp_path / "run", data=small_cifar, progress=False)
+    assert s["test_accuracy"] is not None
+    from resbudget.train import load_model
+    trained, _ = load_model(tmp_path / "run")
+    assert torch.equal(trained.stem[0].weight, start.stem[0].weight)
+    bn = [m for m in trained.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bn)
+    assert not all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bn)  # their biases did train
+    moved = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values())]
+    assert any(moved)
+
+
+def test_grouped_training_refuses_muon(tmp_path):
+    from resbudget.ensemble.together import train_together
+    config = load_config("fast", ["optim.name=muon", "optim.bias_lr=1.0", "optim.head_lr=1.0"])
+    with pytest.raises(ConfigError, match="cannot use optim.name = 'muon'"):
+        train_together(config, tmp_path / "t", [0, 1])
