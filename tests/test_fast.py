@@ -116,3 +116,16 @@ def test_training_with_whitening_alternating_flips_and_tta(small_cifar, tmp_path
     assert s["allocator_tuned"] is False  # off unless train.tune_allocator is set
     plain = train(tiny_config("train.epochs=1"), tmp_path / "plain", data=small_cifar, progress=False)
     assert plain["test_accuracy_tta"] is None
+
+
+def test_one_tta_pass_gives_the_plain_numbers_too(small_cifar):
+    from resbudget.train.loop import evaluate, evaluate_with_tta
+    torch.manual_seed(0)
+    from resbudget.models import build_model
+    from .conftest import TINY
+    model = build_model(TINY).eval()
+    loss, acc = evaluate(model, small_cifar.test, batch_size=100, precision="fp32")
+    loss2, acc2, acc_tta = evaluate_with_tta(model, small_cifar.test, "flip-shift", batch_size=100, precision="fp32")
+    _, acc_tta_ref = evaluate(model, small_cifar.test, batch_size=100, precision="fp32", tta="flip-shift")
+    assert acc2 == acc and loss2 == pytest.approx(loss, rel=1e-5)
+    assert acc_tta == acc_tta_ref

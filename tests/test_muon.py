@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from resbudget.models import ModelSpec, SpecError, build_model, count_params, stage_sizes, summarize
+from resbudget.models import ModelSpec, SpecError, build_model, count_params, get_preset, stage_sizes, summarize
 from resbudget.models.init import dirac_init_
 from resbudget.train import load_config, train
 from resbudget.train.config import ConfigError
@@ -14,19 +14,20 @@ from resbudget.train.muon import MuonSGD, muon_param_groups, orthogonalize
 
 from .test_train import tiny_config
 
-AIRRES = ModelSpec(stem_width=24, stem_kernel=2, stem_norm=False, stage_widths=(64, 256, 256),
-                   stage_blocks=(1, 1, 1), stage_strides=(2, 2, 2), stage_entry="conv-pool", block="single",
-                   shortcut="identity", activation="gelu", global_pool="max", logit_scale=1 / 256,
-                   bn_momentum=0.4, bn_eps=1e-12)
+AIRRES = get_preset("airres")
 
 
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (10, 10)])
 def test_orthogonalize_gives_singular_values_near_one(shape):
-    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    m, n = shape
+    k = min(shape)
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(m, k, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(n, k, generator=gen))
+    g = u @ torch.diag(torch.logspace(0, -1.3, k)) @ v.T  # singular values from 1 down to 0.05
     s = torch.linalg.svdvals(orthogonalize(g).float())
-    assert s.shape[0] == min(shape)
+    assert s.shape[0] == k
     assert 0.5 < s.min() and s.max() < 1.3  # the quintic iteration is approximate by design
-    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 2  # the input was far from orthogonal
 
 
 def test_orthogonalize_refuses_a_non_matrix():
@@ -71,8 +72,9 @@ def test_param_groups_split_filters_classifier_and_the_rest():
                                aux_momentum=0.85, weight_decay=0.004)
     muon, rest, head = groups
     assert muon["muon"] and all(p.dim() == 4 for p in muon["params"])
-    assert model.stem[0].weight not in muon["params"] and len(muon["params"]) == 6
-    assert head["params"] == [model.head[0].weight] and head["weight_decay"] == pytest.approx(0.004 / 1000)
+    assert all(p is not model.stem[0].weight for p in muon["params"]) and len(muon["params"]) == 6
+    assert len(head["params"]) == 1 and head["params"][0] is model.head[0].weight
+    assert head["weight_decay"] == pytest.approx(0.004 / 1000)
     assert any(p is model.stem[0].bias for p in rest["params"]) and rest["lr"] == 100.0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in groups for p in g["params"]) == trainable
@@ -161,3 +163,44 @@ def test_grouped_training_refuses_muon(tmp_path):
     config = load_config("fast", ["optim.name=muon", "optim.bias_lr=1.0", "optim.head_lr=1.0"])
     with pytest.raises(ConfigError, match="cannot use optim.name = 'muon'"):
         train_together(config, tmp_path / "t", [0, 1])
+
+
+def test_stem_bias_trains_only_in_its_first_epochs(small_cifar, tmp_path):
+    from resbudget.train.checkpoint import read_weights
+    config = tiny_config("train.epochs=3", "train.stem_bias_epochs=1", "model.stem_norm=false",
+                         "model.stem_kernel=2", "train.freeze_stem=true", "train.whiten_init=true")
+    start = initial_model(config, 0).stem[0].bias.detach().clone()
+    biases = []
+    train(config, tmp_path / "run", data=small_cifar, progress=False,
+          on_epoch_end=lambda epoch, row: biases.append(read_weights(tmp_path / "run" / "model.safetensors")[1]
+                                                        ["stem.0.bias"].clone()))
+    assert not torch.equal(biases[0], start)  # trained in epoch 1
+    assert torch.equal(biases[0], biases[1]) and torch.equal(biases[1], biases[2])  # then fixed
+
+
+def test_stem_bias_epochs_need_a_stem_bias():
+    with pytest.raises(ConfigError, match="needs a stem with a bias"):
+        load_config("fast", ["train.stem_bias_epochs=2"])
+
+
+def test_default_schedule_decays_linearly_from_the_first_step_to_zero():
+    from resbudget.train import Schedule
+    from resbudget.train.config import default_config
+    c = default_config()
+    s = Schedule(c.schedule, c.optim.lr, c.train.epochs)
+    e = c.train.epochs
+    assert s.lr(0) == pytest.approx(c.optim.lr)
+    assert s.lr(e / 2) == pytest.approx(c.optim.lr / 2)
+    assert s.lr(e * 0.9) == pytest.approx(c.optim.lr * 0.1)
+    assert s.lr(e) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_default_recipe_runs_end_to_end_on_a_few_real_images(small_cifar, tmp_path):
+    from resbudget.train.config import default_config
+    import dataclasses
+    c = default_config()
+    c = dataclasses.replace(c, train=dataclasses.replace(c.train, epochs=2, batch_size=128, stem_bias_epochs=1))
+    s = train(c, tmp_path / "run", data=small_cifar, progress=False)
+    assert s["preset"] == "airres" and s["params"] == 1_972_802
+    assert 0.0 <= s["test_accuracy"] <= 1.0 and 0.0 <= s["test_accuracy_tta"] <= 1.0
+    assert s["test_loss"] is not None and s["test_loss"] == s["test_loss"]  # finite, not NaN

@@ -80,6 +80,21 @@ def fast() -> ModelSpec:
                      stage_strides=(2, 2, 2, 1))
 
 
+@register_preset("airres")
+def airres() -> ModelSpec:
+    """The default model: airbench94's layout as a residual net, stages 64/256/256: 1,972,802 params.
+
+    A 2x2 patch-whitening stem (24 filters, unpadded: 31x31), then three stages of conv3x3 -> max-pool -> BN -> GELU
+    followed by one single-conv residual block (airbench's conv group with a skip around its second convolution),
+    global max-pooling and logits scaled by 1/256; BatchNorm momentum 0.4 (airbench's 0.6 in its own convention) and
+    eps 1e-12. 118M MACs per image.
+    """
+    return ModelSpec(stem_width=24, stem_kernel=2, stem_norm=False, stage_widths=(64, 256, 256),
+                     stage_blocks=(1, 1, 1), stage_strides=(2, 2, 2), stage_entry="conv-pool", block="single",
+                     shortcut="identity", activation="gelu", global_pool="max", logit_scale=1 / 256,
+                     bn_momentum=0.4, bn_eps=1e-12)
+
+
 # --- the study's other architectures -------------------------------------------------------------------------------
 # The study does not print every spec; where it is silent we searched the plausible readings with this builder and
 # kept the one whose parameter count matches the one it reports (the reasoning is in each docstring).

@@ -29,7 +29,7 @@ from .metrics import MetricsLog, Progress
 from .cpu import tune_allocator
 from .muon import MuonSGD, muon_param_groups
 from .schedules import Schedule
-from .tta import tta_logits
+from .tta import tta_logits, tta_view_logits
 
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening filters
 
@@ -137,6 +137,26 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000, precisio
     model.train(was_training)
     n = max(len(split), 1)
     return float(loss_sum) / n, int(correct) / n
+
+
+def evaluate_with_tta(model: nn.Module, split: Split, tta: str, *, batch_size: int = 1000, precision: str = "bf16",
+                      channels_last: bool = True) -> tuple[float, float, float]:
+    """(mean cross-entropy, accuracy, accuracy with ``tta``) from one pass over the TTA views: the plain numbers are
+    those of view 0, the image itself, so they equal ``evaluate``'s without a second pass."""
+    was_training = model.training
+    model.eval()
+    device = split.images.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    correct_tta = torch.zeros((), device=device, dtype=torch.int64)
+    for logits, y in batched_outputs(lambda x: tta_view_logits(model, x, tta), split, batch_size=batch_size,
+                                     precision=precision, channels_last=channels_last):
+        loss_sum += F.cross_entropy(logits[0], y, reduction="sum")
+        correct += (logits[0].argmax(1) == y).sum()
+        correct_tta += (logits.mean(0).argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(len(split), 1)
+    return float(loss_sum) / n, int(correct) / n, int(correct_tta) / n
 
 
 def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -> tuple[Split, Split | None, Split, str]:
@@ -294,6 +314,7 @@ def train(
     steps = n // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
     flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
 
+    tta_acc = None
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
         g = epoch_generator(t.seed, epoch, device)
@@ -326,11 +347,14 @@ def train(
             raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
         train_seconds = time.perf_counter() - epoch_start
         last = epoch + 1 == t.epochs
-        val_loss = val_acc = test_loss = test_acc = None
+        val_loss = val_acc = test_loss = test_acc = tta_acc = None
         if val_split is not None:
             val_loss, val_acc = evaluate(model, val_split, batch_size=t.eval_batch_size, precision=t.precision,
                                          channels_last=t.channels_last)
-        if last or t.eval_test_every_epoch or monitor_test:
+        if last and t.tta != "none":  # one pass gives both the plain and the TTA accuracy
+            test_loss, test_acc, tta_acc = evaluate_with_tta(model, test_split, t.tta, batch_size=t.eval_batch_size,
+                                                             precision=t.precision, channels_last=t.channels_last)
+        elif last or t.eval_test_every_epoch or monitor_test:
             test_loss, test_acc = evaluate(model, test_split, batch_size=t.eval_batch_size, precision=t.precision,
                                            channels_last=t.channels_last)
         schedule.end_epoch(test_acc if monitor_test else val_acc)
@@ -348,10 +372,9 @@ def train(
             on_epoch_end(epoch + 1, row)
 
     final = log.rows[-1]
-    tta_acc = None
-    if t.tta != "none":
-        _, tta_acc = evaluate(model, test_split, batch_size=t.eval_batch_size, precision=t.precision,
-                              channels_last=t.channels_last, tta=t.tta)
+    if t.tta != "none" and tta_acc is None:  # resumed after the last epoch's checkpoint
+        _, _, tta_acc = evaluate_with_tta(model, test_split, t.tta, batch_size=t.eval_batch_size,
+                                          precision=t.precision, channels_last=t.channels_last)
     summary = {
         "resbudget_version": __version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -33,8 +33,14 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return views
 
 
-def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Mean of the logits over ``tta_views(x, mode)``, computed in one batch."""
+def tta_view_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The model's logits on each of ``tta_views(x, mode)``, computed in one batch: (views, N, classes). View 0 is
+    the image itself, so one pass gives both the plain and the TTA prediction."""
     views = tta_views(x, mode)
     logits = model(torch.cat(views))
-    return logits.view(len(views), x.shape[0], *logits.shape[1:]).mean(0)
+    return logits.view(len(views), x.shape[0], *logits.shape[1:])
+
+
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Mean of the logits over ``tta_views(x, mode)``."""
+    return tta_view_logits(model, x, mode).mean(0)
