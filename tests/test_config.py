@@ -155,3 +155,10 @@ def test_experiment_section_carries_paper_numbers(tmp_path):
     path.write_text('preset = "shallow"\n[experiment]\nname = "x"\npaper_accuracy = [94.55]\n')
     c = load_config(path)
     assert c.experiment.paper_accuracy == (94.55,) and c.experiment.name == "x"
+
+
+def test_the_previous_default_recipe_file_loads():
+    from pathlib import Path
+    c = load_config(Path(__file__).resolve().parents[1] / "configs" / "fast-sgd-15.toml")
+    assert (c.preset, c.train.epochs, c.train.batch_size, c.optim.lr, c.optim.nesterov) == ("fast", 15, 256, 0.2, True)
+    assert (c.schedule.name, c.schedule.warmup_epochs, c.train.label_smoothing) == ("warmup", 1.0, 0.1)

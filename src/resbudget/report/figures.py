@@ -13,6 +13,7 @@ from matplotlib.patches import FancyBboxPatch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..models import ModelSpec, build_model, count_params, stage_sizes  # noqa: E402
+from ..models.spec import stem_size  # noqa: E402
 from .collect import Row  # noqa: E402
 
 
@@ -77,22 +78,26 @@ def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
     """Stem, stages (blocks, width, stride, output size, shortcut), pooling and head, top to bottom."""
     sizes = stage_sizes(spec)
     collapsed = 1 in sizes[:-1]  # the map is 1x1 before the last stage: those stages are drawn in orange
+    act = {"relu": "ReLU", "gelu": "GELU"}[spec.activation]
+    k, stem = spec.stem_kernel, stem_size(spec)
+    stem_norm = f"BN, {act}" if spec.stem_norm else f"bias, {act}"
     boxes = [(f"input  {spec.in_channels}×{spec.image_size}×{spec.image_size}", "#eeeeee"),
-             (f"stem: conv 3×3, {spec.stem_width} ch, BN, ReLU  →  {spec.stem_width}×{spec.image_size}×"
-              f"{spec.image_size}", "#c6dbef")]
+             (f"stem: conv {k}×{k}, {spec.stem_width} ch, {stem_norm}  →  {spec.stem_width}×{stem}×{stem}", "#c6dbef")]
     for i, (w, b, s, size) in enumerate(zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides, sizes)):
         color = "#f4a582" if size == 1 and collapsed else "#9ecae1"
         if spec.stage_entry == "conv-pool":
             pool = f", max-pool {s}" if s > 1 else ""
-            text = f"stage {i + 1}: conv 3×3 {w} ch{pool}, BN, ReLU + {b} × basic block  →  {w}×{size}×{size}"
+            text = f"stage {i + 1}: conv 3×3 {w} ch{pool}, BN, {act} + {b} × {spec.block} block  →  {w}×{size}×{size}"
         else:
-            text = (f"stage {i + 1}: {b} × basic block, {w} ch, stride {s}  →  {w}×{size}×{size}   "
+            text = (f"stage {i + 1}: {b} × {spec.block} block, {w} ch, stride {s}  →  {w}×{size}×{size}   "
                     f"(shortcut {spec.shortcut})")
         boxes.append((text, color))
-    boxes.append((f"global average pool  →  {spec.stage_widths[-1]}", "#eeeeee"))
+    pool_name = "max" if spec.global_pool == "max" else "average"
+    boxes.append((f"global {pool_name} pool  →  {spec.stage_widths[-1]}", "#eeeeee"))
     for h in spec.head_hidden:
-        boxes.append((f"linear {h}, ReLU", "#c7e9c0"))
-    boxes.append((f"linear  →  {spec.num_classes} classes", "#a1d99b"))
+        boxes.append((f"linear {h}, {act}", "#c7e9c0"))
+    scale = f", × {spec.logit_scale:.4g}" if spec.logit_scale != 1.0 else ""
+    boxes.append((f"linear  →  {spec.num_classes} classes{scale}", "#a1d99b"))
 
     height = 0.62 * len(boxes) + 0.9
     fig, ax = plt.subplots(figsize=(8.5, height))
