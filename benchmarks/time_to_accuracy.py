@@ -94,7 +94,11 @@ def main() -> None:
         base = load_config(a.baseline)
         budget = statistics.mean(results[0]["wall_seconds"])
         n_train = len(data.train) - base.data.val_size
-        epochs = max(1, int(budget * 0.9 * train_images_per_s(base.model, base.train.batch_size, precision=base.train.precision) / n_train))  # ~10% for evaluation and loading
+        ips = train_images_per_s(base.model, base.train.batch_size, precision=base.train.precision)
+        # ~10% of the budget goes to loading and evaluation; rounded to the nearest whole epoch, so the baseline's time
+        # is the closest a whole number of epochs gets to the budget (int() would cut nearly an epoch at short budgets)
+        epochs = max(1, round(budget * 0.9 * ips / n_train))
+        print(f"baseline probe: {ips:.0f} training images/s, {budget * 0.9 * ips / n_train:.2f} epochs fit", flush=True)
         name = f"{Path(a.baseline).stem}-same-time-e{epochs}"
         print(f"baseline {a.baseline} at {epochs} epochs (~{budget:.0f} s, the first recipe's mean wall time)")
         results.append(run_recipe(name, scale_epochs(base, epochs), a.baseline_seeds or a.seeds, a.out, a.data_dir,

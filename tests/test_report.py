@@ -72,3 +72,11 @@ def test_report_cli(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-figures", "--print"]) == 0
     out = capsys.readouterr().out
     assert "## Top 3" in out and not (tmp_path / "out" / "comparison.png").exists()
+
+
+@pytest.mark.parametrize("name", ["airres", "fast", "ens5-1m"])
+def test_architecture_diagram_of_presets(name, tmp_path):
+    from resbudget.models import get_preset
+    from resbudget.report import plot_architecture
+    path = plot_architecture(get_preset(name), name, tmp_path / f"{name}.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
