@@ -71,7 +71,7 @@ def deeper() -> ModelSpec:
 
 @register_preset("fast")
 def fast() -> ModelSpec:
-    """The default model: 32-wide stem, stages 64/128/256/256 of one block, strides 2/2/2/1: 2,391,082 params.
+    """The first default model: 32-wide stem, stages 64/128/256/256 of one block, strides 2/2/2/1: 2,391,082 params.
 
     Downsampling in the first stage keeps it cheap (64M MACs per image, about 1/7 of ``shallow``), so a useful
     model trains in minutes on a 2-core CPU.
