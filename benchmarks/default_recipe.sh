@@ -15,8 +15,13 @@ done
 import json, statistics, sys
 rows = [json.load(open(f"runs/default-seed{s}/summary.json")) for s in sys.argv[1:]]
 accs = [100 * r["test_accuracy"] for r in rows]
+ttas = [100 * r["test_accuracy_tta"] for r in rows if r.get("test_accuracy_tta") is not None]
 for s, r, a in zip(sys.argv[1:], rows, accs):
-    print(f"seed {s}: test {a:.2f}%  wall {r['wall_seconds']:.0f} s  params {r['params']:,}")
-std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-print(f"mean {statistics.mean(accs):.2f} ± {std:.2f}% over {len(accs)} seeds")
+    tta = f"  ({100 * r['test_accuracy_tta']:.2f}% TTA)" if r.get("test_accuracy_tta") is not None else ""
+    print(f"seed {s}: test {a:.2f}%{tta}  wall {r['wall_seconds']:.0f} s  params {r['params']:,}")
+spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+walls = [r["wall_seconds"] for r in rows]
+print(f"mean {statistics.mean(accs):.2f} ± {spread(accs):.2f}% over {len(accs)} seeds"
+      + (f", {statistics.mean(ttas):.2f} ± {spread(ttas):.2f}% with TTA" if len(ttas) == len(rows) else "")
+      + f"; wall {statistics.mean(walls):.0f} ± {spread(walls):.0f} s")
 PY
