@@ -24,7 +24,8 @@ from ..train.checkpoint import load_state, save_state
 from ..train.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from ..train.cpu import tune_allocator
 from ..train.loop import (RunFolderError, TrainingError, autocast, batched_outputs, epoch_generator, freeze_,
-                          initial_model, make_augment, prepare_splits, select_device, set_lr, start_or_restore)
+                          initial_model, make_augment, prepare_splits, select_device, set_lr, start_or_restore,
+                          train_stem_bias_)
 from ..train.metrics import MetricsLog, Progress
 from .grouped import GroupedResNet
 
@@ -97,8 +98,7 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
         gens = [epoch_generator(seed, epoch, device) for seed in seeds]
         orders = [torch.randperm(n, generator=g, device=device) for g in gens]
         model.train()
-        if t.stem_bias_epochs:
-            model.stem[0].bias.requires_grad_(epoch < t.stem_bias_epochs)
+        train_stem_bias_(model, config, epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros(k, device=device, dtype=torch.int64)
         for step in range(steps):

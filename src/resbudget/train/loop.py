@@ -211,6 +211,12 @@ def freeze_(model: nn.Module, config: Config) -> None:
         model.stem[0].weight.requires_grad_(False)
 
 
+def train_stem_bias_(model: nn.Module, config: Config, epoch: int) -> None:
+    """With ``train.stem_bias_epochs`` = N, the stem's bias trains in epochs 0..N-1 only (0-based ``epoch``)."""
+    if config.train.stem_bias_epochs:
+        model.stem[0].bias.requires_grad_(epoch < config.train.stem_bias_epochs)
+
+
 def whiten_stem_(model: ResNet, train_split: Split) -> None:
     whiten_conv_(model.stem[0], normalize(train_split.images[:WHITEN_IMAGES]).to("cpu"))
 
@@ -320,8 +326,7 @@ def train(
         g = epoch_generator(t.seed, epoch, device)
         order = torch.randperm(n, generator=g, device=device)
         model.train()
-        if t.stem_bias_epochs:
-            model.stem[0].bias.requires_grad_(epoch < t.stem_bias_epochs)
+        train_stem_bias_(model, config, epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         for step in range(steps):
