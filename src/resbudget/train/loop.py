@@ -29,7 +29,7 @@ from .metrics import MetricsLog, Progress
 from .cpu import tune_allocator
 from .muon import MuonSGD, muon_param_groups
 from .schedules import Schedule
-from .tta import tta_logits, tta_view_logits
+from .tta import tta_view_logits
 
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening filters
 
@@ -71,13 +71,12 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The optimiser of ``config`` over ``model``'s trainable tensors. Every param group records its peak lr as
     ``initial_lr``; the schedule scales all of them by the same factor (``set_lr``)."""
     o = config.optim
-    params = [p for p in model.parameters() if p.requires_grad]
     if o.name == "muon":
         groups = muon_param_groups(model, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, bias_lr=o.bias_lr,
                                    head_lr=o.head_lr, aux_momentum=o.aux_momentum, weight_decay=o.weight_decay)
         optimizer: torch.optim.Optimizer = MuonSGD(groups, lr=o.lr)
     else:
-        optimizer = _plain_optimizer(config, params)
+        optimizer = _plain_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     return optimizer
@@ -122,15 +121,14 @@ def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *,
 
 
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "bf16",
-             channels_last: bool = True, tta: str = "none") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over ``split``, which must be on the model's device; ``tta``: average the
-    logits over these test-time views (``train/tta.py``)."""
+             channels_last: bool = True) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over ``split``, which must be on the model's device (with TTA:
+    ``evaluate_with_tta``)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=split.images.device, dtype=torch.float64)
     correct = torch.zeros((), device=split.images.device, dtype=torch.int64)
-    fn = model if tta == "none" else (lambda x: tta_logits(model, x, tta))
-    for logits, y in batched_outputs(fn, split, batch_size=batch_size, precision=precision,
+    for logits, y in batched_outputs(model, split, batch_size=batch_size, precision=precision,
                                      channels_last=channels_last):
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -352,7 +350,7 @@ def train(
             raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
         train_seconds = time.perf_counter() - epoch_start
         last = epoch + 1 == t.epochs
-        val_loss = val_acc = test_loss = test_acc = tta_acc = None
+        val_loss = val_acc = test_loss = test_acc = None
         if val_split is not None:
             val_loss, val_acc = evaluate(model, val_split, batch_size=t.eval_batch_size, precision=t.precision,
                                          channels_last=t.channels_last)
