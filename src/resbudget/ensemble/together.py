@@ -85,7 +85,6 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
     step_model = torch.compile(model) if t.compile else model
     show = Progress(t.epochs, stream=stream, enabled=progress)
     log = MetricsLog(run_dir, keep_until_epoch=start_epoch)
-    augment = make_augment(config)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     n, bs = len(train_split), t.batch_size
     steps = n // bs
@@ -98,6 +97,7 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
         gens = [epoch_generator(seed, epoch, device) for seed in seeds]
         orders = [torch.randperm(n, generator=g, device=device) for g in gens]
         model.train()
+        augment = make_augment(config, epoch)
         train_stem_bias_(model, config, epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros(k, device=device, dtype=torch.int64)

@@ -21,6 +21,8 @@ Activation = Literal["relu", "gelu"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 GlobalPool = Literal["avg", "max"]
 GLOBAL_POOLS: tuple[str, ...] = ("avg", "max")
+StemPadding = Literal["auto", "same", "valid"]
+STEM_PADDINGS: tuple[str, ...] = ("auto", "same", "valid")
 
 
 class SpecError(ValueError):
@@ -46,8 +48,9 @@ class ModelSpec:
     conv3x3-BN-act plus the shortcut, the cheapest residual block (a fast-recipe stage: conv-pool, then one
     ``single`` block, is airbench's conv group with a skip around its second convolution).
 
-    ``stem_kernel``: odd kernels are padded to keep the size, even ones are unpadded (2 -> 31x31 from 32x32, the
-    2x2 patch-whitening stem of airbench); ``stem_norm = false`` gives the stem conv a bias and no BatchNorm.
+    ``stem_kernel`` / ``stem_padding``: ``same`` keeps the size (odd kernels only), ``valid`` is unpadded and shrinks
+    it by kernel - 1 (2 -> 31x31 from 32x32, the 2x2 patch-whitening stem of airbench; 3 -> 30x30), ``auto`` is
+    ``same`` for odd kernels and ``valid`` for even ones; ``stem_norm = false`` gives the stem conv a bias and no BatchNorm.
     ``activation`` is used everywhere, ``global_pool`` reduces the last map, ``logit_scale`` multiplies the logits
     (with a value other than 1 the classifier's weights start at unit standard deviation, as in airbench, which
     scales by 1/width). ``bn_momentum`` / ``bn_eps`` are torch's BatchNorm arguments.
@@ -62,6 +65,7 @@ class ModelSpec:
     head_hidden: tuple[int, ...] = ()
     block: BlockKind = "basic"
     stem_kernel: int = 3
+    stem_padding: StemPadding = "auto"
     stem_norm: bool = True
     activation: Activation = "relu"
     global_pool: GlobalPool = "avg"
@@ -104,7 +108,7 @@ class ModelSpec:
                 raise SpecError(f"{name} must be a positive integer, got {v!r}")
         if self.shortcut not in SHORTCUT_KINDS:
             raise SpecError(f"shortcut must be one of {', '.join(SHORTCUT_KINDS)}; got {self.shortcut!r}")
-        for name, allowed in (("stage_entry", STAGE_ENTRIES), ("block", BLOCK_KINDS), ("activation", ACTIVATIONS),
+        for name, allowed in (("stage_entry", STAGE_ENTRIES), ("block", BLOCK_KINDS), ("stem_padding", STEM_PADDINGS), ("activation", ACTIVATIONS),
                               ("global_pool", GLOBAL_POOLS)):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -114,6 +118,8 @@ class ModelSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not low < v <= high:
                 raise SpecError(f"{name} must be a number in ({low}, {high}], got {v!r}")
+        if self.stem_padding == "same" and self.stem_kernel % 2 == 0:
+            raise SpecError(f"stem_padding 'same' needs an odd stem_kernel, got {self.stem_kernel}; use 'valid'")
         if self.stem_kernel > self.image_size:
             raise SpecError(f"stem_kernel ({self.stem_kernel}) is larger than the image ({self.image_size})")
         if min(stage_sizes(self)) < 1:
@@ -144,15 +150,22 @@ class ModelSpec:
         return cls.from_dict(data)
 
 
-def stem_size(spec: ModelSpec) -> int:
-    """Spatial size after the stem: kept by odd (padded) kernels, shrunk by k - 1 by even (unpadded) ones."""
-    return spec.image_size if spec.stem_kernel % 2 else spec.image_size - spec.stem_kernel + 1
+def stem_padded(spec: ModelSpec) -> bool:
+    """Whether the stem convolution pads to keep the size (``stem_padding``, with ``auto`` decided by the kernel)."""
+    return spec.stem_padding == "same" or (spec.stem_padding == "auto" and spec.stem_kernel % 2 == 1)
 
 
-def stage_sizes(spec: ModelSpec) -> list[int]:
-    """Spatial size of each stage's output: strided 3x3 convs with padding 1 divide rounding up, max-pooling
-    (``conv-pool``) rounding down."""
-    size, sizes = stem_size(spec), []
+def stem_size(spec: ModelSpec, image_size: int | None = None) -> int:
+    """Spatial size after the stem (for ``image_size`` pixels, by default the spec's): kept when padded, shrunk by
+    kernel - 1 when not."""
+    size = spec.image_size if image_size is None else image_size
+    return size if stem_padded(spec) else size - spec.stem_kernel + 1
+
+
+def stage_sizes(spec: ModelSpec, image_size: int | None = None) -> list[int]:
+    """Spatial size of each stage's output (for ``image_size`` pixels, by default the spec's): strided 3x3 convs
+    with padding 1 divide rounding up, max-pooling (``conv-pool``) rounding down."""
+    size, sizes = stem_size(spec, image_size), []
     for stride in spec.stage_strides:
         size = size // stride if spec.stage_entry == "conv-pool" else (size + stride - 1) // stride
         sizes.append(size)

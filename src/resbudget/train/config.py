@@ -18,7 +18,7 @@ from typing import Any, Literal
 import tomli_w
 
 from .._io import read_toml
-from ..models import ModelSpec, SpecError, get_preset
+from ..models import ModelSpec, SpecError, get_preset, stage_sizes
 from ..models.budget import DEFAULT_BUDGET
 
 
@@ -37,6 +37,10 @@ class DataConfig:
     flip_mode: Literal["random", "alternate"] = "random"  # alternate: each image mirrored in every other epoch
     rotate_degrees: float = 0.0
     cutout: int = 0
+    # progressive sizing: the first small_crop_epochs epochs train on random small_crop x small_crop windows of the
+    # augmented images (a 24px window costs ~half a 32px image); later epochs and evaluation see whole images
+    small_crop: int = 0
+    small_crop_epochs: int = 0
     train_limit: int = 0  # use only the first N training images (0 = all): smoke tests, never results
     test_limit: int = 0
 
@@ -125,7 +129,9 @@ class Config:
                                  ("data.val_size", self.data.val_size, 0), ("data.crop_padding", self.data.crop_padding, 0),
                                  ("data.cutout", self.data.cutout, 0), ("data.train_limit", self.data.train_limit, 0),
                                  ("data.test_limit", self.data.test_limit, 0), ("schedule.patience", s.patience, 0),
-                                 ("train.stem_bias_epochs", t.stem_bias_epochs, 0)):
+                                 ("train.stem_bias_epochs", t.stem_bias_epochs, 0),
+                                 ("data.small_crop", self.data.small_crop, 0),
+                                 ("data.small_crop_epochs", self.data.small_crop_epochs, 0)):
             if value < low:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")
         if not 0.0 <= t.label_smoothing < 1.0:
@@ -138,6 +144,7 @@ class Config:
             raise ConfigError(f"schedule.warmup_epochs ({s.warmup_epochs}) must be below train.epochs ({t.epochs})")
         if list(s.milestones) != sorted(s.milestones):
             raise ConfigError(f"schedule.milestones must be increasing, got {list(s.milestones)}")
+        self._check_small_crop()
         if t.stem_bias_epochs and self.model.stem_norm:
             raise ConfigError("train.stem_bias_epochs needs a stem with a bias: set model.stem_norm = false")
         if self.optim.name == "muon":
@@ -151,6 +158,24 @@ class Config:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.optim.weight_decay}")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas needs two numbers, got {list(self.optim.betas)}")
+
+
+    def _check_small_crop(self) -> None:
+        d, size = self.data, self.model.image_size
+        if not d.small_crop_epochs:
+            return
+        if not d.small_crop:
+            raise ConfigError("data.small_crop_epochs is set but data.small_crop is 0; give the crop size in pixels")
+        if d.small_crop_epochs >= self.train.epochs:
+            raise ConfigError(f"data.small_crop_epochs ({d.small_crop_epochs}) must be below train.epochs "
+                              f"({self.train.epochs}): the last epoch trains on whole images, so BatchNorm's "
+                              "statistics match what evaluation sees")
+        if not d.small_crop < size:
+            raise ConfigError(f"data.small_crop ({d.small_crop}) must be smaller than the {size}px images")
+        sizes = stage_sizes(self.model, d.small_crop)
+        if min(sizes) < 1:
+            raise ConfigError(f"data.small_crop ({d.small_crop}) is too small for this net: its stages would be "
+                              f"{sizes} pixels")
 
 
 # --- typed construction ----------------------------------------------------------------------------------------------
@@ -323,7 +348,7 @@ def default_config() -> Config:
 
 def scale_epochs(config: Config, epochs: int) -> Config:
     """The same recipe over ``epochs`` epochs: every schedule length (cosine period, warm-up, milestones, plateau
-    patience) is scaled by ``epochs / config.train.epochs``, so a 100-epoch study can run at a fraction of its cost."""
+    patience, small-crop epochs) is scaled by ``epochs / config.train.epochs``, so a 100-epoch study can run at a fraction of its cost."""
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     factor = epochs / config.train.epochs
@@ -335,4 +360,7 @@ def scale_epochs(config: Config, epochs: int) -> Config:
         milestones=tuple(m * factor for m in s.milestones),
         patience=max(0, round(s.patience * factor)),
     )
-    return dataclasses.replace(config, schedule=schedule, train=dataclasses.replace(config.train, epochs=epochs))
+    d = config.data
+    data = dataclasses.replace(d, small_crop_epochs=min(round(d.small_crop_epochs * factor), epochs - 1))
+    return dataclasses.replace(config, data=data, schedule=schedule,
+                               train=dataclasses.replace(config.train, epochs=epochs))

@@ -177,9 +177,11 @@ def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -
     return train.to(device), (val.to(device) if val is not None else None), test.to(device), data.source
 
 
-def make_augment(config: Config) -> Augment:
+def make_augment(config: Config, epoch: int = -1) -> Augment:
+    """The training augmentation of ``epoch`` (0-based; -1: of the full-size epochs)."""
     d = config.data
-    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout)
+    crop = d.small_crop if 0 <= epoch < d.small_crop_epochs else 0
+    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout, crop)
 
 
 def initial_model(config: Config, seed: int, train_split: Split | None = None) -> ResNet:
@@ -312,7 +314,6 @@ def train(
         show.message(f"resuming {out_dir} after epoch {start_epoch}")
     step_model = torch.compile(model) if t.compile else model
     log = MetricsLog(out_dir, keep_until_epoch=start_epoch)
-    augment = make_augment(config)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     n, bs = len(train_split), t.batch_size
     steps = n // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
@@ -324,6 +325,7 @@ def train(
         g = epoch_generator(t.seed, epoch, device)
         order = torch.randperm(n, generator=g, device=device)
         model.train()
+        augment = make_augment(config, epoch)
         train_stem_bias_(model, config, epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
