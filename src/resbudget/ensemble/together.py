@@ -67,6 +67,9 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
     if config.optim.name == "muon":
         raise ConfigError("grouped training cannot use optim.name = 'muon': Muon orthogonalises a layer's whole "
                           "filter bank, which in the grouped net would mix the members; use --mode sequential")
+    if config.train.drop_easy:
+        raise ConfigError("grouped training cannot use train.drop_easy: the members would need different images in "
+                          "the same step; use --mode sequential")
     wall_start = time.perf_counter()
     run_dir = Path(run_dir)
     t, k = config.train, len(seeds)

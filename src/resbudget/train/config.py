@@ -93,6 +93,8 @@ class TrainConfig:
     stem_bias_epochs: int = 0  # > 0: the stem conv's bias (stem_norm = false) trains only in the first N epochs; with
     # a frozen stem the first stage then needs no input gradient, the dearest backward pass of the net (airbench: 3)
     dirac_init: bool = False  # every 3x3 conv after the stem starts with its first in_channels filters as identities
+    drop_easy: float = 0.0  # from the second epoch on, skip this fraction of the training images: those with the
+    # lowest loss when the net last trained on them (the training pass's own losses: no extra forward pass)
     tune_allocator: bool = False  # on CPU: glibc mallopt so freed memory is kept for reuse (train/cpu.py); off by
     # default: measured here it made short runs 3x slower (docs/RESULTS.md), its gain on long runs is not yet shown
 
@@ -134,6 +136,8 @@ class Config:
                                  ("data.small_crop_epochs", self.data.small_crop_epochs, 0)):
             if value < low:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")
+        if not 0.0 <= t.drop_easy < 1.0:
+            raise ConfigError(f"train.drop_easy must be a fraction in [0, 1), got {t.drop_easy}")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
         if self.optim.lr <= 0 or not math.isfinite(self.optim.lr):

@@ -235,6 +235,16 @@ def start_or_restore(config: Config, model: nn.Module, state: dict[str, Any] | N
     return optimizer, schedule, int(state["epoch"]), float(state["wall_seconds"])
 
 
+def epoch_order(n: int, g: torch.Generator, last_loss: torch.Tensor | None, drop: float) -> torch.Tensor:
+    """The image indices of one epoch in random order: all ``n``, or, with ``drop`` > 0 and the loss each image had
+    when last trained on (``last_loss``; never-seen images count as hardest), all but the ``drop`` fraction with the
+    lowest loss. The easiest images teach the least, so skipping them buys steps on the rest."""
+    if last_loss is None or not drop:
+        return torch.randperm(n, generator=g, device=g.device)
+    keep = torch.topk(last_loss, n - int(drop * n), sorted=False).indices
+    return keep[torch.randperm(len(keep), generator=g, device=g.device)]
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     # Order and augmentation of epoch e depend on (seed, e) alone, so a resumed run sees what an uninterrupted one saw.
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
@@ -309,21 +319,29 @@ def train(
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, schedule, start_epoch, wall_before = start_or_restore(config, model, state)
+    last_loss = None
+    if t.drop_easy:
+        last_loss = torch.full((len(train_split),), float("inf"), device=device)
+        if state is not None and "last_loss" in state:
+            last_loss.copy_(state["last_loss"])
     if state is not None:
         torch.set_rng_state(state["cpu_rng"])
         show.message(f"resuming {out_dir} after epoch {start_epoch}")
     step_model = torch.compile(model) if t.compile else model
     log = MetricsLog(out_dir, keep_until_epoch=start_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train_split), t.batch_size
-    steps = n // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
+    if n - int(t.drop_easy * n) < bs:
+        raise ConfigError(f"train.drop_easy = {t.drop_easy} leaves {n - int(t.drop_easy * n)} training images, fewer "
+                          f"than one batch of {bs}")
     flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
 
     tta_acc = None
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
         g = epoch_generator(t.seed, epoch, device)
-        order = torch.randperm(n, generator=g, device=device)
+        order = epoch_order(n, g, last_loss if epoch > 0 else None, t.drop_easy)
+        steps = len(order) // bs  # the partial last batch is dropped: BatchNorm on a handful of images is noise
         model.train()
         augment = make_augment(config, epoch)
         train_stem_bias_(model, config, epoch)
@@ -340,10 +358,13 @@ def train(
             y = train_split.labels[idx]
             with autocast(device, t.precision):
                 logits = step_model(x)
-                loss = criterion(logits, y)
+                losses = criterion(logits, y)
+                loss = losses.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if last_loss is not None:
+                last_loss[idx] = losses.detach().float()
             loss_sum += loss.detach().float()
             correct += (logits.argmax(1) == y).sum()
             show.step(epoch + 1, step + 1, steps, loss.detach())
@@ -372,7 +393,8 @@ def train(
         save_weights(model, config.model, out_dir / "model.safetensors", extra={"epoch": str(epoch + 1)})
         save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "cpu_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                    "wall_seconds": wall}, out_dir / "state.safetensors")
+                    "wall_seconds": wall, **({"last_loss": last_loss} if last_loss is not None else {})},
+                   out_dir / "state.safetensors")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
 
