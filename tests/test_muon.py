@@ -206,11 +206,12 @@ def test_default_recipe_runs_end_to_end_on_a_few_real_images(small_cifar, tmp_pa
     assert s["test_loss"] is not None and s["test_loss"] == s["test_loss"]  # finite, not NaN
 
 
-def test_the_8_epoch_recipe_file_is_the_default_recipe_stretched():
+def test_the_8_epoch_recipe_file_is_the_default_recipe_on_every_image():
     import dataclasses
     from pathlib import Path
     from resbudget.train.config import default_config
     recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "airres-e8.toml"
     d = default_config()
+    assert d.train.epochs == 8 and d.train.drop_easy > 0
     assert load_config(recipe) == dataclasses.replace(
-        d, train=dataclasses.replace(d.train, epochs=8, tta="flip-shift"))
+        d, train=dataclasses.replace(d.train, drop_easy=0.0, tta="flip-shift"))

@@ -54,7 +54,7 @@ def test_training_sees_small_crops_then_whole_images(small_cifar, tmp_path, monk
 
 @pytest.mark.parametrize("sets, message", [
     (["data.small_crop_epochs=2"], "small_crop is 0"),
-    (["data.small_crop=24", "data.small_crop_epochs=5"], "below train.epochs"),
+    (["data.small_crop=24", "data.small_crop_epochs=8"], "below train.epochs"),
     (["data.small_crop=32", "data.small_crop_epochs=2"], "smaller than"),
     (["data.small_crop=6", "data.small_crop_epochs=2"], "too small for this net"),
     (["data.small_crop=-1"], ">= 0"),

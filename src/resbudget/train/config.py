@@ -331,9 +331,11 @@ def default_config() -> Config:
 
     Muon on the convolution filters, Nesterov SGD on biases and the classifier, lr decaying linearly to zero from the
     first step; a frozen 2x2 patch-whitening stem whose bias trains for the first 2 epochs; dirac-initialised
-    convolutions; BatchNorm scales frozen at 1; label smoothing 0.2; 2-pixel translations and alternating flips;
-    the final test accuracy is reported with and without flip TTA (2 views; its cost counts in the wall time; 6-view
-    flip-and-shift TTA adds ~0.2 points and ~40 s here).
+    convolutions; BatchNorm scales frozen at 1; label smoothing 0.2; 2-pixel translations and alternating flips.
+    8 epochs, of which only the first sees every image: from the second on, the half with the lowest loss when last
+    seen is skipped (``drop_easy``), so the run costs 4.5 full epochs; measured here, this beats 5 epochs of every
+    image. The final test accuracy is reported with and without flip TTA (2 views; its cost counts in the wall time;
+    6-view flip-and-shift TTA adds ~0.2 points and ~40 s here).
     The SGD lrs are airbench's (summed-loss) values times the batch size, as ours are on the mean loss.
     """
     batch = 1000
@@ -344,9 +346,9 @@ def default_config() -> Config:
         optim=OptimConfig(name="muon", lr=0.24, momentum=0.6, nesterov=True, bias_lr=0.053 * batch,
                           head_lr=0.67 * batch, aux_momentum=0.85, weight_decay=2e-6 * batch),
         schedule=ScheduleConfig(name="warmup", warmup_epochs=0.0, decay="linear"),
-        train=TrainConfig(epochs=5, batch_size=batch, label_smoothing=0.2, whiten_init=True, freeze_stem=True,
+        train=TrainConfig(epochs=8, batch_size=batch, label_smoothing=0.2, whiten_init=True, freeze_stem=True,
                           stem_bias_epochs=2, freeze_bn_weight=True, dirac_init=True, eval_test_every_epoch=False,
-                          tta="flip"),
+                          tta="flip", drop_easy=0.5),
     )
 
 

@@ -174,6 +174,10 @@ def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -
         raise ConfigError(
             f"train.batch_size ({config.train.batch_size}) is larger than the training set ({len(train)} images)"
         )
+    kept = len(train) - int(config.train.drop_easy * len(train))
+    if kept < config.train.batch_size:
+        raise ConfigError(f"train.drop_easy = {config.train.drop_easy} leaves {kept} training images per epoch, "
+                          f"fewer than one batch of {config.train.batch_size}")
     return train.to(device), (val.to(device) if val is not None else None), test.to(device), data.source
 
 
@@ -331,9 +335,6 @@ def train(
     log = MetricsLog(out_dir, keep_until_epoch=start_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train_split), t.batch_size
-    if n - int(t.drop_easy * n) < bs:
-        raise ConfigError(f"train.drop_easy = {t.drop_easy} leaves {n - int(t.drop_easy * n)} training images, fewer "
-                          f"than one batch of {bs}")
     flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
 
     tta_acc = None
