@@ -19,8 +19,8 @@ def bn_args(spec: ModelSpec) -> dict:
 def make_stem(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
     """conv(stem_kernel) [+ BN] + act; ``stem[0]`` is the convolution (the one whitening initialises)."""
     k = spec.stem_kernel
-    conv = nn.Conv2d(groups * spec.in_channels, groups * spec.stem_width, k, padding=k // 2 if stem_padded(spec) else 0,
-                     bias=not spec.stem_norm, groups=groups)
+    conv = nn.Conv2d(groups * spec.in_channels, groups * spec.stem_width, k,
+                     padding=k // 2 if stem_padded(spec) else 0, bias=not spec.stem_norm, groups=groups)
     norm = [batch_norm(groups * spec.stem_width, **bn_args(spec))] if spec.stem_norm else []
     return nn.Sequential(conv, *norm, ACTIVATION_MODULES[spec.activation]())
 

@@ -50,7 +50,8 @@ class ModelSpec:
 
     ``stem_kernel`` / ``stem_padding``: ``same`` keeps the size (odd kernels only), ``valid`` is unpadded and shrinks
     it by kernel - 1 (2 -> 31x31 from 32x32, the 2x2 patch-whitening stem of airbench; 3 -> 30x30), ``auto`` is
-    ``same`` for odd kernels and ``valid`` for even ones; ``stem_norm = false`` gives the stem conv a bias and no BatchNorm.
+    ``same`` for odd kernels and ``valid`` for even ones; ``stem_norm = false`` gives the stem conv a bias and no
+    BatchNorm.
     ``activation`` is used everywhere, ``global_pool`` reduces the last map, ``logit_scale`` multiplies the logits
     (with a value other than 1 the classifier's weights start at unit standard deviation, as in airbench, which
     scales by 1/width). ``bn_momentum`` / ``bn_eps`` are torch's BatchNorm arguments.
@@ -108,8 +109,8 @@ class ModelSpec:
                 raise SpecError(f"{name} must be a positive integer, got {v!r}")
         if self.shortcut not in SHORTCUT_KINDS:
             raise SpecError(f"shortcut must be one of {', '.join(SHORTCUT_KINDS)}; got {self.shortcut!r}")
-        for name, allowed in (("stage_entry", STAGE_ENTRIES), ("block", BLOCK_KINDS), ("stem_padding", STEM_PADDINGS), ("activation", ACTIVATIONS),
-                              ("global_pool", GLOBAL_POOLS)):
+        for name, allowed in (("stage_entry", STAGE_ENTRIES), ("block", BLOCK_KINDS), ("stem_padding", STEM_PADDINGS),
+                              ("activation", ACTIVATIONS), ("global_pool", GLOBAL_POOLS)):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if not isinstance(self.stem_norm, bool):

@@ -163,7 +163,6 @@ class Config:
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas needs two numbers, got {list(self.optim.betas)}")
 
-
     def _check_small_crop(self) -> None:
         d, size = self.data, self.model.image_size
         if not d.small_crop_epochs:
@@ -335,7 +334,7 @@ def default_config() -> Config:
     8 epochs, of which only the first sees every image: from the second on, the half with the lowest loss when last
     seen is skipped (``drop_easy``), so the run costs 4.5 full epochs; measured here, this beats 5 epochs of every
     image. The final test accuracy is reported with and without flip TTA (2 views; its cost counts in the wall time;
-    6-view flip-and-shift TTA adds ~0.2 points and ~40 s here).
+    6-view flip-and-shift TTA adds ~0.2 points and ~60 s here, too close to 10 minutes for a default).
     The SGD lrs are airbench's (summed-loss) values times the batch size, as ours are on the mean loss.
     """
     batch = 1000
@@ -354,7 +353,8 @@ def default_config() -> Config:
 
 def scale_epochs(config: Config, epochs: int) -> Config:
     """The same recipe over ``epochs`` epochs: every schedule length (cosine period, warm-up, milestones, plateau
-    patience, small-crop epochs) is scaled by ``epochs / config.train.epochs``, so a 100-epoch study can run at a fraction of its cost."""
+    patience, small-crop epochs) is scaled by ``epochs / config.train.epochs``, so a 100-epoch study can run at a
+    fraction of its cost."""
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     factor = epochs / config.train.epochs
