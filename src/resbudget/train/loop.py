@@ -174,7 +174,7 @@ def prepare_splits(config: Config, data: CIFAR10 | None, device: torch.device) -
         raise ConfigError(
             f"train.batch_size ({config.train.batch_size}) is larger than the training set ({len(train)} images)"
         )
-    kept = len(train) - int(config.train.drop_easy * len(train))
+    kept = images_kept(len(train), config.train.drop_easy)
     if kept < config.train.batch_size:
         raise ConfigError(f"train.drop_easy = {config.train.drop_easy} leaves {kept} training images per epoch, "
                           f"fewer than one batch of {config.train.batch_size}")
@@ -239,13 +239,18 @@ def start_or_restore(config: Config, model: nn.Module, state: dict[str, Any] | N
     return optimizer, schedule, int(state["epoch"]), float(state["wall_seconds"])
 
 
+def images_kept(n: int, drop: float) -> int:
+    """How many of ``n`` training images an epoch after the first uses with ``train.drop_easy = drop``."""
+    return n - int(drop * n)
+
+
 def epoch_order(n: int, g: torch.Generator, last_loss: torch.Tensor | None, drop: float) -> torch.Tensor:
     """The image indices of one epoch in random order: all ``n``, or, with ``drop`` > 0 and the loss each image had
     when last trained on (``last_loss``; never-seen images count as hardest), all but the ``drop`` fraction with the
     lowest loss. The easiest images teach the least, so skipping them buys steps on the rest."""
     if last_loss is None or not drop:
         return torch.randperm(n, generator=g, device=g.device)
-    keep = torch.topk(last_loss, n - int(drop * n), sorted=False).indices
+    keep = torch.topk(last_loss, images_kept(n, drop), sorted=False).indices
     return keep[torch.randperm(len(keep), generator=g, device=g.device)]
 
 
