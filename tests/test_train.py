@@ -30,8 +30,10 @@ def test_run_folder_holds_config_metrics_summary_and_weights(small_cifar, tmp_pa
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert summary["test_accuracy"] == rows[-1]["test_acc"]  # final epoch, not the best
+    assert all(0 < r["train_seconds"] <= r["seconds"] for r in rows)  # the steps alone, evaluation excluded
+    assert summary["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rows), abs=2e-3)
     assert (run / "metrics.csv").read_text().splitlines()[0] == (
-        "epoch,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,seconds,images_per_s")
+        "epoch,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,seconds,train_seconds,images_per_s")
     assert load_config(run / "config.toml") == tiny_config()
     # The checkpoint alone rebuilds the model and reproduces the run's test accuracy.
     result = evaluate_checkpoint(run / "model.safetensors", data=small_cifar, precision="bf16")

@@ -77,6 +77,8 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
     device = select_device(t.device)
     if device.type == "cpu" and t.tune_allocator:
         tune_allocator()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     train_split, val_split, _, _ = prepare_splits(config, data, device)
     model = GroupedResNet.from_members([initial_model(config, seed, train_split) for seed in seeds]).to(device)
     freeze_(model, config)
@@ -135,7 +137,8 @@ def train_together(config: Config, run_dir: str | os.PathLike, seeds: list[int],
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                "train_acc": float(correct.sum()) / (k * steps * bs),
                "val_acc": sum(val_accs) / k if val_accs else None,
-               "seconds": time.perf_counter() - epoch_start, "images_per_s": k * steps * bs / train_seconds}
+               "seconds": time.perf_counter() - epoch_start, "train_seconds": train_seconds,
+               "images_per_s": k * steps * bs / train_seconds}
         log.append(row)
         show.epoch(row)
         save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -17,7 +17,7 @@ import torch
 from .._io import write_text
 
 COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
-           "images_per_s")
+           "train_seconds", "images_per_s")
 
 
 class MetricsLog:

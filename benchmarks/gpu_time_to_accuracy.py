@@ -1,0 +1,147 @@
+"""Time to accuracy on one GPU: recipes over seeds with the data already on the device, warm, as GPU records are timed.
+
+Usage: python benchmarks/gpu_time_to_accuracy.py [RECIPE ...] --data-dir DIR [--seeds 3] [--out runs/gpu]
+       [--deadline SECONDS] [--synthetic N] [--epochs N]
+RECIPE: a name from RECIPES below, or NAME=OVERRIDE;OVERRIDE;... (``--set`` overrides of the default recipe).
+
+The data is loaded and moved to the GPU once (timed and printed), and one short warm-up run (2 epochs, not counted)
+starts CUDA and tunes cuDNN's kernels, as the published GPU records do. Per run it reports:
+- train s: the training steps alone (sum of the epochs' train_seconds, each ending in a device sync);
+- run s: the whole ``train()`` call: model build, whitening init, steps, per-epoch checkpoints, evaluation and TTA;
+and final-epoch test accuracy with and without TTA, as mean ± std over seeds.
+--deadline stops starting runs that would end after that many seconds from the start (the last run's time of the
+same recipe is the estimate), so a fixed lease is spent on the most important recipes first.
+--synthetic N trains on N random images (no data needed): it checks the code paths and the speed, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from resbudget.data import load_cifar10
+from resbudget.data.cifar10 import CIFAR10, Split
+from resbudget.models import build_model, count_params
+from resbudget.train import load_config, train
+from resbudget.train.loop import select_device
+
+TTA6 = 'train.tta="flip-shift"'
+WIDE = "model.stage_widths=[128,384,384]"  # airbench95's widths: 4.6M params
+RECIPES: dict[str, list[str]] = {
+    "default": [],  # `resbudget train` with no arguments: 8 epochs, easiest half skipped after the first
+    "default-tta6": [TTA6],
+    "airres-e10": ["train.drop_easy=0", "train.epochs=10", TTA6],
+    "airres-e14": ["train.drop_easy=0", "train.epochs=14", TTA6],
+    "wide-e12": [WIDE, "train.drop_easy=0", "train.epochs=12", TTA6],
+    "wide-e16": [WIDE, "train.drop_easy=0", "train.epochs=16", TTA6],
+    "wide-e20": [WIDE, "train.drop_easy=0", "train.epochs=20", TTA6],
+}
+
+
+def parse_recipe(text: str) -> tuple[str, list[str]]:
+    if text in RECIPES:
+        return text, RECIPES[text]
+    if "=" in text:
+        name, rest = text.split("=", 1)
+        return name, [o for o in rest.split(";") if o]
+    raise SystemExit(f"unknown recipe {text!r}: use one of {', '.join(RECIPES)} or NAME=OVERRIDE;OVERRIDE")
+
+
+def synthetic_cifar(device: torch.device, n_train: int) -> CIFAR10:
+    n_test = max(n_train // 5, 1)
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> Split:
+        return Split(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                     torch.randint(0, 10, (n,), generator=g)).to(device)
+
+    return CIFAR10(split(n_train), split(n_test), source="synthetic (random images)")
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("recipes", nargs="*", default=["default"])
+    p.add_argument("--data-dir")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="N random training images, no data")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, help="override every recipe's epochs (a quick check)")
+    p.add_argument("--deadline", type=float, default=0.0)
+    p.add_argument("--out", type=Path, default=Path("runs/gpu"))
+    a = p.parse_args()
+    start = time.perf_counter()
+    recipes = [parse_recipe(r) for r in a.recipes]
+    device = select_device("auto")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, device {name}", flush=True)
+
+    t0 = time.perf_counter()
+    data = synthetic_cifar(device, a.synthetic) if a.synthetic else load_cifar10(a.data_dir)
+    data = CIFAR10(data.train.to(device), data.test.to(device), data.source)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    print(f"data: {data.source}, loaded and on the device in {time.perf_counter() - t0:.2f} s", flush=True)
+
+    def configure(overrides: list[str], seed: int, epochs: int | None):
+        extra = [f"train.seed={seed}", "train.device=" + json.dumps(str(device))]
+        if epochs is not None:
+            extra.append(f"train.epochs={epochs}")
+            if epochs <= 2:
+                extra.append("train.stem_bias_epochs=0")
+        return load_config(None, overrides + extra)
+
+    t0 = time.perf_counter()
+    train(configure(recipes[0][1], 999, 2), a.out / "warmup", data=data, progress=False)
+    print(f"warm-up run (2 epochs of {recipes[0][0]}, not counted): {time.perf_counter() - t0:.2f} s", flush=True)
+
+    results = []
+    for rname, overrides in recipes:
+        config = configure(overrides, 0, a.epochs)
+        params = count_params(build_model(config.model))
+        runs, estimate = [], 0.0
+        for seed in range(a.seeds):
+            if a.deadline and time.perf_counter() - start + estimate > a.deadline:
+                print(f"  {rname} seed {seed}: skipped (the deadline of {a.deadline:.0f} s)", flush=True)
+                continue
+            run_dir = a.out / rname / f"seed{seed}"
+            t0 = time.perf_counter()
+            s = train(configure(overrides, seed, a.epochs), run_dir, data=data, progress=False)
+            run_s = time.perf_counter() - t0
+            estimate = run_s
+            r = {"seed": seed, "test": 100 * s["test_accuracy"],
+                 "tta": None if s["test_accuracy_tta"] is None else 100 * s["test_accuracy_tta"],
+                 "train_s": s["train_seconds"], "run_s": round(run_s, 3), "images_per_s": s["mean_images_per_s"]}
+            runs.append(r)
+            tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""
+            print(f"  {rname} seed {seed}: {r['test']:.2f}%{tta}, train {r['train_s']:.2f} s, run {run_s:.2f} s, "
+                  f"{r['images_per_s']:.0f} img/s", flush=True)
+        results.append({"recipe": rname, "overrides": overrides, "params": params, "epochs": config.train.epochs,
+                        "tta": config.train.tta, "runs": runs})
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "bench.json").write_text(json.dumps({"device": name, "torch": torch.__version__, "data": data.source,
+                                                   "results": results}, indent=2) + "\n")
+    print(f"\n{name}, torch {torch.__version__}; train s = the steps alone, run s = the whole train() call")
+    print("| recipe | params | epochs | runs | train s | run s | test % | TTA % (views) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        runs = r["runs"]
+        print(f"| {r['recipe']} | {r['params']:,} | {r['epochs']} | {len(runs)} | "
+              f"{mean_std([x['train_s'] for x in runs])} | {mean_std([x['run_s'] for x in runs])} | "
+              f"{mean_std([x['test'] for x in runs])} | "
+              f"{mean_std([x['tta'] for x in runs if x['tta'] is not None])} ({r['tta']}) |")
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
