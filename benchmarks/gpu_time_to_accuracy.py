@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/gpu_time_to_accuracy.py [RECIPE ...] --data-dir DIR [--seeds 3] [--out runs/gpu]
        [--deadline SECONDS] [--synthetic N] [--epochs N]
-RECIPE: a name from RECIPES below, or NAME=OVERRIDE;OVERRIDE;... (``--set`` overrides of the default recipe).
+RECIPE: a name from RECIPES below, a config file (benchmarks/recipes/gpu-94.toml), or NAME=OVERRIDE;OVERRIDE;...
+(``--set`` overrides of the default recipe).
 
 The data is loaded and moved to the GPU once (timed and printed), and one short warm-up run (2 epochs, not counted)
 starts CUDA and tunes cuDNN's kernels, as the published GPU records do. Per run it reports:
@@ -43,13 +44,18 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
-def parse_recipe(text: str) -> tuple[str, list[str]]:
+def parse_recipe(text: str) -> tuple[str, str | None, list[str]]:
+    """(name, config file or None for the default recipe, overrides)."""
     if text in RECIPES:
-        return text, RECIPES[text]
+        return text, None, RECIPES[text]
+    if text.endswith(".toml"):
+        if not Path(text).is_file():
+            raise SystemExit(f"recipe file {text} does not exist")
+        return Path(text).stem, text, []
     if "=" in text:
         name, rest = text.split("=", 1)
-        return name, [o for o in rest.split(";") if o]
-    raise SystemExit(f"unknown recipe {text!r}: use one of {', '.join(RECIPES)} or NAME=OVERRIDE;OVERRIDE")
+        return name, None, [o for o in rest.split(";") if o]
+    raise SystemExit(f"unknown recipe {text!r}: use one of {', '.join(RECIPES)}, a .toml file or NAME=OVERRIDE;...")
 
 
 def synthetic_cifar(device: torch.device, n_train: int) -> CIFAR10:
@@ -92,21 +98,21 @@ def main() -> None:
         torch.cuda.synchronize()
     print(f"data: {data.source}, loaded and on the device in {time.perf_counter() - t0:.2f} s", flush=True)
 
-    def configure(overrides: list[str], seed: int, epochs: int | None):
+    def configure(source: str | None, overrides: list[str], seed: int, epochs: int | None):
         extra = [f"train.seed={seed}", "train.device=" + json.dumps(str(device))]
         if epochs is not None:
             extra.append(f"train.epochs={epochs}")
             if epochs <= 2:
                 extra.append("train.stem_bias_epochs=0")
-        return load_config(None, overrides + extra)
+        return load_config(source, overrides + extra)
 
     t0 = time.perf_counter()
-    train(configure(recipes[0][1], 999, 2), a.out / "warmup", data=data, progress=False)
+    train(configure(*recipes[0][1:], 999, 2), a.out / "warmup", data=data, progress=False)
     print(f"warm-up run (2 epochs of {recipes[0][0]}, not counted): {time.perf_counter() - t0:.2f} s", flush=True)
 
     results = []
-    for rname, overrides in recipes:
-        config = configure(overrides, 0, a.epochs)
+    for rname, source, overrides in recipes:
+        config = configure(source, overrides, 0, a.epochs)
         params = count_params(build_model(config.model))
         runs, estimate = [], 0.0
         for seed in range(a.seeds):
@@ -115,7 +121,7 @@ def main() -> None:
                 continue
             run_dir = a.out / rname / f"seed{seed}"
             t0 = time.perf_counter()
-            s = train(configure(overrides, seed, a.epochs), run_dir, data=data, progress=False)
+            s = train(configure(source, overrides, seed, a.epochs), run_dir, data=data, progress=False)
             run_s = time.perf_counter() - t0
             estimate = run_s
             r = {"seed": seed, "test": 100 * s["test_accuracy"],
@@ -125,7 +131,7 @@ def main() -> None:
             tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""
             print(f"  {rname} seed {seed}: {r['test']:.2f}%{tta}, train {r['train_s']:.2f} s, run {run_s:.2f} s, "
                   f"{r['images_per_s']:.0f} img/s", flush=True)
-        results.append({"recipe": rname, "overrides": overrides, "params": params, "epochs": config.train.epochs,
+        results.append({"recipe": rname, "config": source, "overrides": overrides, "params": params, "epochs": config.train.epochs,
                         "tta": config.train.tta, "runs": runs})
 
     a.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ EXPECTED_PARAMS = {
     "resnet18": 11_173_962, "shallow": 2_777_674, "deeper": 4_997_386, "fast": 2_391_082,
     "narrow": 2_768_490, "narrow-conv3x3": 3_112_554, "narrow-identity": 2_725_610, "narrow-dense": 3_151_786,
     "deeper-const-stride": 4_997_386, "ens5-1m": 981_360, "ens10-500k": 496_513,
-    "airres": 1_972_802,
+    "airres": 1_972_802, "airres-wide": 4_606_530,
 }
 
 
@@ -48,7 +48,7 @@ def test_forward_shape_finite_and_every_parameter_gets_a_gradient(name):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(UnknownPresetError, match="available presets: airres, deeper, deeper-const-stride, ens10-500k, ens5-1m, fast, narrow"):
+    with pytest.raises(UnknownPresetError, match="available presets: airres, airres-wide, deeper, deeper-const-stride, ens10-500k, ens5-1m, fast, narrow"):
         get_preset("resnet19")
 
 

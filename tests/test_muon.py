@@ -215,3 +215,20 @@ def test_the_8_epoch_recipe_file_is_the_default_recipe_on_every_image():
     assert d.train.epochs == 8 and d.train.drop_easy > 0
     assert load_config(recipe) == dataclasses.replace(
         d, train=dataclasses.replace(d.train, drop_easy=0.0, tta="flip-shift"))
+
+
+def test_the_gpu_recipe_files_are_the_configs_that_were_benchmarked():
+    import dataclasses
+    from pathlib import Path
+    from resbudget.train.config import default_config
+    recipes = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+    d = default_config()
+    wide = get_preset("airres-wide")
+    assert wide == dataclasses.replace(AIRRES, stage_widths=(128, 384, 384))
+    assert load_config(recipes / "gpu-94.toml") == dataclasses.replace(
+        d, preset="airres-wide", model=wide, train=dataclasses.replace(d.train, tta="flip-shift"))
+    c95 = load_config(recipes / "gpu-95.toml")
+    assert c95 == dataclasses.replace(
+        d, model=dataclasses.replace(AIRRES, stage_widths=(160, 384, 384)),
+        train=dataclasses.replace(d.train, epochs=20, drop_easy=0.3, tta="flip-shift"))
+    assert count_params(build_model(c95.model)) == 4_807_106 <= c95.train.budget
