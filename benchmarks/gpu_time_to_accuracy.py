@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from resbudget.data import load_cifar10
-from resbudget.data.cifar10 import CIFAR10, Split
+from resbudget.data.cifar10 import CIFAR10, DataError, Split
 from resbudget.models import build_model, count_params
 from resbudget.train import load_config, train
+from resbudget.train.config import ConfigError
 from resbudget.train.loop import select_device
 
 TTA6 = 'train.tta="flip-shift"'
@@ -91,13 +92,6 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, device {name}", flush=True)
 
-    t0 = time.perf_counter()
-    data = synthetic_cifar(device, a.synthetic) if a.synthetic else load_cifar10(a.data_dir)
-    data = CIFAR10(data.train.to(device), data.test.to(device), data.source)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    print(f"data: {data.source}, loaded and on the device in {time.perf_counter() - t0:.2f} s", flush=True)
-
     def configure(source: str | None, overrides: list[str], seed: int, epochs: int | None):
         extra = [f"train.seed={seed}", "train.device=" + json.dumps(str(device))]
         if epochs is not None:
@@ -105,6 +99,21 @@ def main() -> None:
             if epochs <= 2:
                 extra.append("train.stem_bias_epochs=0")
         return load_config(source, overrides + extra)
+
+    for rname, source, overrides in recipes:  # every recipe is checked before any time is spent
+        try:
+            configure(source, overrides, 0, a.epochs)
+        except ConfigError as e:
+            raise SystemExit(f"recipe {rname}: {e}") from None
+    t0 = time.perf_counter()
+    try:
+        data = synthetic_cifar(device, a.synthetic) if a.synthetic else load_cifar10(a.data_dir)
+    except DataError as e:
+        raise SystemExit(str(e)) from None
+    data = CIFAR10(data.train.to(device), data.test.to(device), data.source)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    print(f"data: {data.source}, loaded and on the device in {time.perf_counter() - t0:.2f} s", flush=True)
 
     t0 = time.perf_counter()
     train(configure(*recipes[0][1:], 999, 2), a.out / "warmup", data=data, progress=False)
