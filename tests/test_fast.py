@@ -85,6 +85,12 @@ def test_tta_equals_the_mean_of_its_views():
         assert torch.allclose(tta_logits(model, x, "flip-shift"), expected, atol=1e-6)
         assert not torch.allclose(expected, model(x), atol=1e-3)
         assert torch.equal(tta_logits(model, x, "none"), model(x))
+    four = tta_views(x, "flip-shift4")
+    assert len(four) == 4 and [torch.equal(a, b) for a, b in zip(four, views)] == [True, True, False, False]
+    assert torch.equal(four[2], views[3]) and torch.equal(four[3], views[4])  # mirror up-left, image down-right
+    with torch.no_grad():
+        assert torch.allclose(tta_logits(model, x, "flip-shift4"), torch.stack([model(v) for v in four]).mean(0),
+                              atol=1e-6)
     with pytest.raises(ValueError, match="TTA mode"):
         tta_views(x, "rot90")
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "flip", "flip-shift")
+TTA_MODES = ("none", "flip", "flip-shift4", "flip-shift")
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -22,14 +22,17 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     """``none``: the image. ``flip``: it and its mirror. ``flip-shift``: those two, each also moved one pixel up-left
-    and one pixel down-right (6 views)."""
+    and one pixel down-right (6 views). ``flip-shift4``: the image, its mirror, the mirror moved up-left and the image
+    moved down-right (4 views: both flips and both shifts, each shift once)."""
     if mode not in TTA_MODES:
         raise ValueError(f"TTA mode must be one of {', '.join(TTA_MODES)}, not {mode!r}")
     views = [x]
-    if mode in ("flip", "flip-shift"):
+    if mode != "none":
         views.append(x.flip(-1))
     if mode == "flip-shift":
         views += [shift(v, d, d) for d in (-1, 1) for v in views[:2]]
+    elif mode == "flip-shift4":
+        views += [shift(views[1], -1, -1), shift(x, 1, 1)]
     return views
 
 
