@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from resbudget.data.cifar10 import CIFAR10, DataError, Split
 from resbudget.models import build_model, count_params
 from resbudget.train import load_config, train
 from resbudget.train.config import ConfigError
-from resbudget.train.loop import select_device
+from resbudget.train.loop import RunFolderError, TrainingError, select_device
 
 TTA6 = 'train.tta="flip-shift"'
 WIDE = "model.stage_widths=[128,384,384]"  # airbench95's widths: 4.6M params
@@ -86,6 +87,8 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=0.0)
     p.add_argument("--out", type=Path, default=Path("runs/gpu"))
     a = p.parse_args()
+    if a.out.exists() and any(a.out.iterdir()):
+        raise SystemExit(f"{a.out} already holds results: pass a new --out (timings are not resumed)")
     start = time.perf_counter()
     recipes = [parse_recipe(r) for r in a.recipes]
     device = select_device("auto")
@@ -116,7 +119,8 @@ def main() -> None:
     print(f"data: {data.source}, loaded and on the device in {time.perf_counter() - t0:.2f} s", flush=True)
 
     t0 = time.perf_counter()
-    train(configure(*recipes[0][1:], 999, 2), a.out / "warmup", data=data, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(configure(*recipes[0][1:], 999, 2), Path(tmp) / "warmup", data=data, progress=False)
     print(f"warm-up run (2 epochs of {recipes[0][0]}, not counted): {time.perf_counter() - t0:.2f} s", flush=True)
 
     results = []
@@ -140,8 +144,8 @@ def main() -> None:
             tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""
             print(f"  {rname} seed {seed}: {r['test']:.2f}%{tta}, train {r['train_s']:.2f} s, run {run_s:.2f} s, "
                   f"{r['images_per_s']:.0f} img/s", flush=True)
-        results.append({"recipe": rname, "config": source, "overrides": overrides, "params": params, "epochs": config.train.epochs,
-                        "tta": config.train.tta, "runs": runs})
+        results.append({"recipe": rname, "config": source, "overrides": overrides, "params": params,
+                        "epochs": config.train.epochs, "tta": config.train.tta, "runs": runs})
 
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench.json").write_text(json.dumps({"device": name, "torch": torch.__version__, "data": data.source,
@@ -159,4 +163,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigError, RunFolderError, TrainingError) as e:  # e.g. --synthetic too small for a batch
+        raise SystemExit(f"error: {e}") from None
