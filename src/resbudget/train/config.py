@@ -86,7 +86,8 @@ class TrainConfig:
     compile: bool = False
     budget: int = DEFAULT_BUDGET
     eval_test_every_epoch: bool = True  # per-epoch test metrics are for curves only; the result is the final epoch
-    tta: Literal["none", "flip", "flip-shift4", "flip-shift"] = "none"  # also report the final test accuracy with these views
+    # also report the final test accuracy averaged over these views (train/tta.py: 1, 2, 4 or 6)
+    tta: Literal["none", "flip", "flip-shift4", "flip-shift"] = "none"
     whiten_init: bool = False  # first conv = whitening filters of training patches (models/init.py)
     freeze_bn_weight: bool = False  # BatchNorm scales stay at 1; only their biases train (airbench)
     freeze_stem: bool = False  # the stem convolution's filters are not trained (with whiten_init: fixed whitening)
