@@ -9,14 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.set or [])
-    if getattr(args, "data_dir", None):
-        out.append(f"data.data_dir={json.dumps(str(args.data_dir))}")
-    return out
+from .version import __version__
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -36,26 +29,23 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _spec_from(arg: str, overrides: list[str]):
-    from .models import ModelSpec, SpecError, get_preset
-    from .train.config import ConfigError, apply_overrides, config_from_dict
+    from ._io import read_toml
+    from .models import ModelSpec, SpecError
+    from .train.config import ConfigError, load_config
 
-    if arg.endswith(".toml") or Path(arg).is_file():
-        from ._io import read_toml
-
-        path = Path(arg)
-        data = read_toml(path, ConfigError)
-        if "model" not in data and "preset" not in data:  # a bare spec file
-            try:
-                data = {"model": ModelSpec.from_dict(data).to_dict()}
-            except (SpecError, TypeError) as e:
-                raise ConfigError(f"{path}: {e}") from None
-    else:
-        get_preset(arg)
-        data = {"preset": arg}
     bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(("model.", "preset"))]
     if bad:
         raise ConfigError(f"arch only takes model.* overrides, got {bad[0]!r}")
-    return config_from_dict(apply_overrides(data, overrides)).model
+    if arg.endswith(".toml") or Path(arg).is_file():
+        path = Path(arg)
+        data = read_toml(path, ConfigError)
+        if not {"base", "preset", "model"} & set(data):  # a bare spec file: the fields of ModelSpec
+            try:
+                spec = ModelSpec.from_dict(data)
+            except (SpecError, TypeError) as e:
+                raise ConfigError(f"{path}: {e}") from None
+            return load_config({"model": spec.to_dict()}, overrides).model
+    return load_config(arg, overrides).model
 
 
 def cmd_arch(args: argparse.Namespace) -> int:
@@ -76,27 +66,21 @@ def cmd_arch(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import download_cifar10
-    from .train import load_config, train
+    from .train import load_config, train_run
 
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
-    config, data = None, None
+    config = None
     if not args.resume or args.config or args.set:
-        config = load_config(args.config, _overrides(args))
-    data_dir = (config.data.data_dir if config else args.data_dir) or None
+        config = load_config(args.config, args.set or [])
     if args.download:
-        download_cifar10(data_dir)
-    if args.resume and config is None and args.data_dir:
-        # The stored config keeps its own data_dir; the data may have moved since (it is verified either way).
-        from .data import load_cifar10
-
-        data = load_cifar10(args.data_dir)
+        download_cifar10(args.data_dir)
     out = args.out
     if out is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{(config.preset if config and config.preset else 'custom')}-{stamp}"
-    summary = train(config, out, resume=args.resume, allow_over_budget=args.allow_over_budget,
-                    progress=not args.quiet, data=data)
+    summary = train_run(config, out, data_dir=args.data_dir, resume=args.resume,
+                        allow_over_budget=args.allow_over_budget, progress=not args.quiet)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
@@ -149,7 +133,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> int:
     from .models.presets import ENSEMBLE_MEMBERS
     from .train import ConfigError, load_config
 
-    config = load_config(args.config, _overrides(args))
+    config = load_config(args.config, args.set or [])
     if args.members is None:
         if args.config not in ENSEMBLE_MEMBERS:
             raise ConfigError(f"--members K is needed (only the ensemble presets {', '.join(ENSEMBLE_MEMBERS)} "
@@ -158,8 +142,8 @@ def cmd_ensemble_train(args: argparse.Namespace) -> int:
     if args.widest:
         config = dataclasses.replace(config, model=widest_member(config.model, args.budget // args.members))
     out = args.out or Path("runs") / f"ens{args.members}-{config.preset or 'custom'}"
-    r = train_ensemble(config, out, members=args.members, budget=args.budget, seeds=args.seeds, mode=args.mode,
-                       progress=not args.quiet)
+    r = train_ensemble(config, out, members=args.members, budget=args.budget, seeds=args.seeds,
+                       data_dir=args.data_dir, progress=not args.quiet)
     print(json.dumps({k: v for k, v in r.items() if k != "pairwise_disagreement"}, indent=2) if args.json else
           f"ensemble of {len(r['members'])} ({r['params']:,} params): mean softmax "
           f"{100 * r['rules']['mean_softmax']:.2f}%, vote {100 * r['rules']['majority_vote']:.2f}%, best member "
@@ -238,8 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=int, default=5_000_000, help="for all members together (each gets budget/K)")
     s.add_argument("--widest", action="store_true", help="scale the model's widths to the widest that fits budget/K")
     s.add_argument("--seeds", type=int, nargs="+", help="one per member (default: train.seed, +1, +2, ...)")
-    s.add_argument("--mode", choices=("sequential", "together"), default="sequential",
-                   help="members one after another (default; the faster on CPU) or all at once as one grouped net")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     s.add_argument("--out", type=Path, metavar="DIR", help="default runs/ensK-PRESET")
     s.add_argument("--data-dir", metavar="DIR")

@@ -18,17 +18,12 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     return (images.to(dtype) / 255.0 - mean) / std
 
 
-def random_crop(x: torch.Tensor, padding: int, mode: str, g: torch.Generator, size: int = 0) -> torch.Tensor:
-    """Pad by ``padding`` (``reflect`` or ``zero``) and cut a random window per image: HxW, or ``size`` x ``size``
-    when given (a smaller window anywhere in the padded image)."""
+def random_crop(x: torch.Tensor, padding: int, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Pad by ``padding`` (``reflect`` or ``zero``) and cut a random HxW window per image (a random translation)."""
     n, _, h, w = x.shape
-    if size:
-        if size > min(h, w) + 2 * padding:
-            raise ValueError(f"a {size}px crop does not fit a {h}x{w} image padded by {padding}")
-        h = w = size
-    elif padding <= 0:
+    if padding <= 0:
         return x
-    padded = F.pad(x, (padding,) * 4, mode="reflect" if mode == "reflect" else "constant") if padding else x
+    padded = F.pad(x, (padding,) * 4, mode="reflect" if mode == "reflect" else "constant")
     dy = torch.randint(0, padded.shape[2] - h + 1, (n,), generator=g, device=x.device)
     dx = torch.randint(0, padded.shape[3] - w + 1, (n,), generator=g, device=x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
@@ -89,12 +84,11 @@ class Augment:
     flip: bool = True
     rotate_degrees: float = 0.0
     cutout: int = 0
-    crop_size: int = 0  # 0: the image's own size (translation only)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: a normalised float batch on the generator's device. ``flips``: which images to mirror (e.g.
         ``alternating_flips``), instead of a coin toss per image."""
-        x = random_crop(x, self.crop_padding, self.pad_mode, g, self.crop_size)
+        x = random_crop(x, self.crop_padding, self.pad_mode, g)
         if self.flip:
             x = random_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
         x = random_rotate(x, self.rotate_degrees, g)

@@ -13,7 +13,7 @@ import os
 import pickle
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,7 @@ class CIFAR10:
     train: Split
     test: Split
     source: str  # where it was read from, for the record
+    checksums: dict[str, str] = field(default_factory=dict)  # file -> "algorithm:digest", each verified on loading
 
 
 def default_data_dir() -> Path:
@@ -290,7 +291,8 @@ def load_cifar10(
     located = Located(fmt, located.path, located.is_archive)
     train = _load_split(located, fmt.train_files, expected_counts[0], "train")
     test = _load_split(located, fmt.test_files, expected_counts[1], "test")
-    return CIFAR10(train=train, test=test, source=str(located.path))
+    checksums = {c.name: f"{c.algorithm}:{c.digest}" for c in (*fmt.train_files, *fmt.test_files)}
+    return CIFAR10(train=train, test=test, source=str(located.path), checksums=checksums)
 
 
 def class_counts(labels: torch.Tensor, num_classes: int = len(CLASSES)) -> list[int]:

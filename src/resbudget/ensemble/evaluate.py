@@ -9,13 +9,13 @@ import torch
 
 from ..data import CIFAR10, load_cifar10
 from ..models import count_params
-from ..train.loop import batched_outputs, select_device
+from ..train.evaluate import batched_outputs, select_device
 from .combine import ensemble_metrics
 from .model import load_ensemble
 
 
 @torch.no_grad()
-def evaluate_ensemble(folder: str | os.PathLike, *, data_dir: str | None = None, device: str = "auto",
+def evaluate_ensemble(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
                       batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None) -> dict[str, Any]:
     ens = load_ensemble(folder)
     dev = select_device(device)

@@ -12,12 +12,9 @@ from typing import Any, TextIO
 from .._io import write_text
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET, ModelSpec, build_model, count_params
-from ..train import Config, load_model, train
+from ..train import Config, load_model, train_run
 from .evaluate import evaluate_ensemble
 from .model import check_ensemble_budget, save_ensemble
-from .together import train_together
-
-MODES = ("sequential", "together")
 
 
 def widest_member(spec: ModelSpec, budget: int) -> ModelSpec:
@@ -45,16 +42,11 @@ def widest_member(spec: ModelSpec, budget: int) -> ModelSpec:
 
 
 def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, budget: int = DEFAULT_BUDGET,
-                   seeds: list[int] | None = None, mode: str = "sequential", data: CIFAR10 | None = None,
-                   progress: bool = True, stream: TextIO | None = None) -> dict[str, Any]:
+                   seeds: list[int] | None = None, data_dir: str | os.PathLike | None = None,
+                   data: CIFAR10 | None = None, progress: bool = True, stream: TextIO | None = None) -> dict[str, Any]:
     """Train ``members`` copies of ``config``'s model, each with its own seed (its own initialisation, data order and
-    augmentation), then save them as one ensemble folder in ``out_dir``.
-
-    ``mode="sequential"``: one after another through ``train``, into ``out_dir/members/memberN`` (finished members
-    are kept and an interrupted one resumed when run again). ``mode="together"``: all at once as one grouped network
-    in ``out_dir/together`` (resumed from its last epoch when run again)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    augmentation), one after another into ``out_dir/members/memberN`` (finished members are kept and an interrupted
+    one resumed when run again), then save them as one ensemble folder in ``out_dir``."""
     if members < 1:
         raise ValueError(f"--members must be >= 1, got {members}")
     seeds = list(seeds) if seeds else [config.train.seed + i for i in range(members)]
@@ -65,17 +57,12 @@ def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, 
     specs = [config.model] * members
     counts = check_ensemble_budget(specs, budget)
     out = Path(out_dir)
-    previous = out / "ensemble_summary.json"
-    if previous.is_file() and json.loads(previous.read_text(encoding="utf-8")).get("mode") != mode:
-        raise ValueError(f"{out} holds an ensemble trained in another mode; choose another --out folder")
+    if (out / "together").exists():
+        raise ValueError(f"{out} holds an ensemble trained in the removed 'together' mode; choose another --out folder")
     if data is None:
-        data = load_cifar10(config.data.data_dir or None)
+        data = load_cifar10(data_dir)
     start = time.perf_counter()
     share = dataclasses.replace(config, train=dataclasses.replace(config.train, budget=budget // members))
-    if mode == "together":
-        models, info = train_together(share, out / "together", seeds, data=data, progress=progress, stream=stream)
-        return _finish(out, models, specs, counts, config, budget, seeds, data,
-                       {**info, "wall_seconds": round(time.perf_counter() - start, 2)})
     runs = []
     for i, seed in enumerate(seeds):
         run_dir = out / "members" / f"member{i}"
@@ -83,18 +70,13 @@ def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, 
         if progress:
             print(f"member {i + 1}/{members} (seed {seed}) -> {run_dir}", file=stream, flush=True)
         resume = (run_dir / "config.toml").is_file()
-        runs.append(train(member_config, run_dir, resume=resume, data=data, progress=progress, stream=stream))
+        runs.append(train_run(member_config, run_dir, resume=resume, data=data, progress=progress, stream=stream))
     models = [load_model(out / "members" / f"member{i}")[0] for i in range(members)]
-    return _finish(out, models, specs, counts, config, budget, seeds, data,
-                   {"mode": "sequential", "member_wall_seconds": [r["wall_seconds"] for r in runs],
-                    "wall_seconds": round(time.perf_counter() - start, 2)})
-
-
-def _finish(out: Path, models: list, specs: list[ModelSpec], counts: list[int], config: Config, budget: int,
-            seeds: list[int], data: CIFAR10, info: dict[str, Any]) -> dict[str, Any]:
     save_ensemble(out, models, specs, extra={"budget": budget, "seeds": seeds, "member_params": counts,
-                                             "mode": info["mode"]})
+                                             "mode": "sequential"})
     result = evaluate_ensemble(out, data=data, device=config.train.device)
-    summary = {**result, "budget": budget, "seeds": seeds, **info}
+    summary = {**result, "budget": budget, "seeds": seeds, "mode": "sequential",
+               "member_wall_seconds": [r["wall_seconds"] for r in runs],
+               "wall_seconds": round(time.perf_counter() - start, 2)}
     write_text(out / "ensemble_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

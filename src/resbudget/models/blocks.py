@@ -1,8 +1,4 @@
-"""Residual building blocks (the CIFAR ResNet of He et al. 2016, as in kuangliu/pytorch-cifar).
-
-``groups=K`` builds K independent copies side by side (member k owns channel block k of every layer), which is how
-an ensemble trains its members as one network; widths are always given per copy.
-"""
+"""Residual building blocks (the CIFAR ResNet of He et al. 2016, as in kuangliu/pytorch-cifar)."""
 
 from __future__ import annotations
 
@@ -22,50 +18,45 @@ def batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.Ba
 class IdentityShortcut(nn.Module):
     """Parameter-free shortcut ("option A"): average-pool to the new resolution, zero-pad the new channels."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.extra_channels = out_channels - in_channels
         self.stride = stride
-        self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = F.avg_pool2d(x, self.stride, ceil_mode=True)
         if self.extra_channels:
-            n, c, h, w = x.shape  # pad each group's channel block, not only the last one
-            x = F.pad(x.reshape(n, self.groups, c // self.groups, h, w), (0, 0, 0, 0, 0, self.extra_channels))
-            x = x.reshape(n, -1, h, w)
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
         return x
 
 
-def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, groups: int = 1,
-                  bn: dict | None = None) -> nn.Module:
+def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, bn: dict | None = None) -> nn.Module:
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
     if kind == "identity" and out_channels >= in_channels:
-        return IdentityShortcut(in_channels, out_channels, stride, groups)
+        return IdentityShortcut(in_channels, out_channels, stride)
     if kind == "identity":  # narrowing: zero-padding cannot drop channels, project instead
         kind = "conv1x1"
     kernel = {"conv1x1": 1, "conv3x3": 3}[kind]
     return nn.Sequential(
-        nn.Conv2d(groups * in_channels, groups * out_channels, kernel, stride=stride, padding=kernel // 2,
-                  bias=False, groups=groups),
-        batch_norm(groups * out_channels, **(bn or {})),
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        batch_norm(out_channels, **(bn or {})),
     )
 
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-act-conv3x3-BN, plus the shortcut, then act (ReLU unless ``activation`` says otherwise)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, groups: int = 1,
-                 activation: str = "relu", bn: dict | None = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, activation: str = "relu",
+                 bn: dict | None = None) -> None:
         super().__init__()
-        cin, cout, bn = groups * in_channels, groups * out_channels, bn or {}
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, groups=groups)
-        self.bn1 = batch_norm(cout, **bn)
-        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False, groups=groups)
-        self.bn2 = batch_norm(cout, **bn)
-        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, groups, bn)
+        bn = bn or {}
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = batch_norm(out_channels, **bn)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = batch_norm(out_channels, **bn)
+        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, bn)
         self.act = ACTIVATION_FNS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,13 +68,12 @@ class BasicBlock(nn.Module):
 class SingleBlock(nn.Module):
     """conv3x3-BN-act plus the shortcut: the cheapest residual block, one convolution per block."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, groups: int = 1,
-                 activation: str = "relu", bn: dict | None = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, activation: str = "relu",
+                 bn: dict | None = None) -> None:
         super().__init__()
-        cin, cout = groups * in_channels, groups * out_channels
-        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, groups=groups)
-        self.bn = batch_norm(cout, **(bn or {}))
-        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, groups, bn)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn = batch_norm(out_channels, **(bn or {}))
+        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, bn)
         self.act = ACTIVATION_FNS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,12 +87,12 @@ class ConvPoolEntry(nn.Module):
     """The start of a ResNet-9-style stage: conv3x3 to the new width, max-pool by the stride, BN, act. Pooling
     after the convolution keeps all of the convolution's outputs in play, where a strided convolution drops 3 in 4."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int = 1,
-                 activation: str = "relu", bn: dict | None = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, activation: str = "relu",
+                 bn: dict | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(groups * in_channels, groups * out_channels, 3, padding=1, bias=False, groups=groups)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
-        self.bn = batch_norm(groups * out_channels, **(bn or {}))
+        self.bn = batch_norm(out_channels, **(bn or {}))
         self.act = ACTIVATION_FNS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

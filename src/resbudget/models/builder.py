@@ -16,26 +16,24 @@ def bn_args(spec: ModelSpec) -> dict:
     return {"eps": spec.bn_eps, "momentum": spec.bn_momentum}
 
 
-def make_stem(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
-    """conv(stem_kernel) [+ BN] + act; ``stem[0]`` is the convolution (the one whitening initialises)."""
+def make_stem(spec: ModelSpec) -> nn.Sequential:
+    """conv(stem_kernel) [+ BN] + act."""
     k = spec.stem_kernel
-    conv = nn.Conv2d(groups * spec.in_channels, groups * spec.stem_width, k,
-                     padding=k // 2 if stem_padded(spec) else 0, bias=not spec.stem_norm, groups=groups)
-    norm = [batch_norm(groups * spec.stem_width, **bn_args(spec))] if spec.stem_norm else []
+    conv = nn.Conv2d(spec.in_channels, spec.stem_width, k, padding=k // 2 if stem_padded(spec) else 0,
+                     bias=not spec.stem_norm)
+    norm = [batch_norm(spec.stem_width, **bn_args(spec))] if spec.stem_norm else []
     return nn.Sequential(conv, *norm, ACTIVATION_MODULES[spec.activation]())
 
 
-def make_stages(spec: ModelSpec, groups: int = 1) -> nn.Sequential:
-    """The stages of ``spec``; ``groups=K``: K independent copies side by side (see ``blocks``)."""
+def make_stages(spec: ModelSpec) -> nn.Sequential:
     stages, width = [], spec.stem_width
     for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
         layers: list[nn.Module] = []
         if spec.stage_entry == "conv-pool":
-            layers.append(ConvPoolEntry(width, out_width, stride, groups, spec.activation, bn_args(spec)))
+            layers.append(ConvPoolEntry(width, out_width, stride, spec.activation, bn_args(spec)))
             width, stride = out_width, 1
         for _ in range(blocks):
-            layers.append(BLOCKS[spec.block](width, out_width, stride, spec.shortcut, groups, spec.activation,
-                                             bn_args(spec)))
+            layers.append(BLOCKS[spec.block](width, out_width, stride, spec.shortcut, spec.activation, bn_args(spec)))
             width, stride = out_width, 1
         stages.append(nn.Sequential(*layers))
     return nn.Sequential(*stages)
@@ -56,6 +54,16 @@ class ResNet(nn.Module):
         self.head = nn.Sequential(*head)
         if spec.logit_scale != 1.0:
             unit_std_(head[-1].weight)
+
+    @property
+    def stem_conv(self) -> nn.Conv2d:
+        """The first convolution (the one whitening initialises)."""
+        return self.stem[0]
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The last linear layer, which maps features to class logits."""
+        return self.head[-1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +23,6 @@ Activation = Literal["relu", "gelu"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 GlobalPool = Literal["avg", "max"]
 GLOBAL_POOLS: tuple[str, ...] = ("avg", "max")
-StemPadding = Literal["auto", "same", "valid"]
-STEM_PADDINGS: tuple[str, ...] = ("auto", "same", "valid")
 
 
 class SpecError(ValueError):
@@ -48,10 +48,9 @@ class ModelSpec:
     conv3x3-BN-act plus the shortcut, the cheapest residual block (a fast-recipe stage: conv-pool, then one
     ``single`` block, is airbench's conv group with a skip around its second convolution).
 
-    ``stem_kernel`` / ``stem_padding``: ``same`` keeps the size (odd kernels only), ``valid`` is unpadded and shrinks
-    it by kernel - 1 (2 -> 31x31 from 32x32, the 2x2 patch-whitening stem of airbench; 3 -> 30x30), ``auto`` is
-    ``same`` for odd kernels and ``valid`` for even ones; ``stem_norm = false`` gives the stem conv a bias and no
-    BatchNorm.
+    ``stem_kernel``: an odd kernel is padded to keep the size, an even one is unpadded and shrinks it by kernel - 1
+    (2 -> 31x31 from 32x32, the 2x2 patch-whitening stem of airbench); ``stem_norm = false`` gives the stem conv a
+    bias and no BatchNorm.
     ``activation`` is used everywhere, ``global_pool`` reduces the last map, ``logit_scale`` multiplies the logits
     (with a value other than 1 the classifier's weights start at unit standard deviation, as in airbench, which
     scales by 1/width). ``bn_momentum`` / ``bn_eps`` are torch's BatchNorm arguments.
@@ -66,7 +65,6 @@ class ModelSpec:
     head_hidden: tuple[int, ...] = ()
     block: BlockKind = "basic"
     stem_kernel: int = 3
-    stem_padding: StemPadding = "auto"
     stem_norm: bool = True
     activation: Activation = "relu"
     global_pool: GlobalPool = "avg"
@@ -109,8 +107,8 @@ class ModelSpec:
                 raise SpecError(f"{name} must be a positive integer, got {v!r}")
         if self.shortcut not in SHORTCUT_KINDS:
             raise SpecError(f"shortcut must be one of {', '.join(SHORTCUT_KINDS)}; got {self.shortcut!r}")
-        for name, allowed in (("stage_entry", STAGE_ENTRIES), ("block", BLOCK_KINDS), ("stem_padding", STEM_PADDINGS),
-                              ("activation", ACTIVATIONS), ("global_pool", GLOBAL_POOLS)):
+        for name, allowed in (("stage_entry", STAGE_ENTRIES), ("block", BLOCK_KINDS), ("activation", ACTIVATIONS),
+                              ("global_pool", GLOBAL_POOLS)):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if not isinstance(self.stem_norm, bool):
@@ -119,8 +117,6 @@ class ModelSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not low < v <= high:
                 raise SpecError(f"{name} must be a number in ({low}, {high}], got {v!r}")
-        if self.stem_padding == "same" and self.stem_kernel % 2 == 0:
-            raise SpecError(f"stem_padding 'same' needs an odd stem_kernel, got {self.stem_kernel}; use 'valid'")
         if self.stem_kernel > self.image_size:
             raise SpecError(f"stem_kernel ({self.stem_kernel}) is larger than the image ({self.image_size})")
         if min(stage_sizes(self)) < 1:
@@ -133,11 +129,16 @@ class ModelSpec:
                 for v in [getattr(self, f.name)]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+    def from_dict(cls, data: dict[str, Any], coerce: Callable[[Any, Any, str], Any] | None = None) -> ModelSpec:
+        """The spec of plain data; ``coerce(value, type hint, key)`` checks and converts each value first."""
+        data = _drop_stem_padding(data)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
-            raise SpecError(f"unknown model spec key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+            raise SpecError(f"unknown key model.{unknown[0]}; allowed in [model]: {', '.join(names)}")
+        if coerce is not None:
+            hints = typing.get_type_hints(cls)
+            data = {k: coerce(v, hints[k], k) for k, v in data.items()}
         return cls(**data)
 
     def to_toml(self) -> str:
@@ -151,9 +152,23 @@ class ModelSpec:
         return cls.from_dict(data)
 
 
+def _drop_stem_padding(data: dict[str, Any]) -> dict[str, Any]:
+    """Specs written before ``stem_padding`` was removed (measured as not paying, docs/RESULTS.md) carry it; they
+    still read where it names the padding the kernel now implies (``auto``, or the same choice spelled out)."""
+    if "stem_padding" not in data:
+        return data
+    data = dict(data)
+    padding, kernel = data.pop("stem_padding"), data.get("stem_kernel", 3)
+    implied = "same" if isinstance(kernel, int) and kernel % 2 else "valid"
+    if padding not in ("auto", implied):
+        raise SpecError(f"stem_padding {padding!r} was removed (a {kernel}x{kernel} stem is now always "
+                        f"{implied!r}: odd kernels pad, even ones do not); drop the key")
+    return data
+
+
 def stem_padded(spec: ModelSpec) -> bool:
-    """Whether the stem convolution pads to keep the size (``stem_padding``, with ``auto`` decided by the kernel)."""
-    return spec.stem_padding == "same" or (spec.stem_padding == "auto" and spec.stem_kernel % 2 == 1)
+    """Whether the stem convolution pads to keep the size: odd kernels do, even ones (airbench's 2x2) do not."""
+    return spec.stem_kernel % 2 == 1
 
 
 def stem_size(spec: ModelSpec, image_size: int | None = None) -> int:

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from .._io import write_text
 from ..data import CIFAR10, load_cifar10
-from ..train import Config, ConfigError, load_config, scale_epochs, train
+from ..train import Config, ConfigError, load_config, scale_epochs, train_run
 
 # A source checkout keeps its studies in <repo>/experiments/<name>/; the current folder's experiments/ comes first.
 _REPO_EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
@@ -49,7 +49,7 @@ def load_study(study: str | os.PathLike, only: list[str] | tuple[str, ...] = ())
 
 
 def study_configs(study: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (), epochs: int | None = None,
-                  seeds: int = 1, data_dir: str | None = None) -> list[tuple[str, int, Config]]:
+                  seeds: int = 1) -> list[tuple[str, int, Config]]:
     """Every (experiment, seed, resolved config) of the study, at ``epochs`` if given."""
     if seeds < 1:
         raise StudyError(f"seeds must be >= 1, got {seeds}")
@@ -57,19 +57,18 @@ def study_configs(study: str | os.PathLike, *, only: list[str] | tuple[str, ...]
     for name, config in load_study(study, only):
         if epochs is not None:
             config = scale_epochs(config, epochs)
-        if data_dir:
-            config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(data_dir)))
         for seed in range(seeds):
             runs.append((name, seed, dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))))
     return runs
 
 
 def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (),
-              epochs: int | None = None, seeds: int = 1, data_dir: str | None = None, data: CIFAR10 | None = None,
+              epochs: int | None = None, seeds: int = 1, data_dir: str | os.PathLike | None = None,
+              data: CIFAR10 | None = None,
               progress: bool = True, stream: TextIO | None = None) -> list[dict[str, Any]]:
     """Train every run into ``out_dir/<experiment>/seed<N>``. A finished run is skipped, an interrupted one resumed;
     a folder holding a run of another config is an error (choose another --out)."""
-    runs = study_configs(study, only=only, epochs=epochs, seeds=seeds, data_dir=data_dir)
+    runs = study_configs(study, only=only, epochs=epochs, seeds=seeds)
     out_dir = Path(out_dir)
     summaries = []
     for i, (name, seed, config) in enumerate(runs, 1):
@@ -77,9 +76,9 @@ def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: lis
         if progress:
             print(f"[{i}/{len(runs)}] {name} seed {seed} -> {run_dir}", file=stream, flush=True)
         if data is None:  # loaded and verified once for the whole study
-            data = load_cifar10(config.data.data_dir or None)
+            data = load_cifar10(data_dir)
         started = (run_dir / "config.toml").is_file()  # finished or interrupted: resume (a finished run returns at once)
-        summary = train(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
+        summary = train_run(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
         summaries.append({"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary})
     write_text(out_dir / "study.json", json.dumps(
         [{k: v for k, v in s.items() if k != "config"} for s in summaries], indent=2) + "\n")

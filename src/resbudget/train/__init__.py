@@ -1,12 +1,14 @@
 from .checkpoint import CheckpointError, load_model, load_state, save_state, save_weights
 from .config import (Config, ConfigError, DataConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig,
-                     apply_overrides, config_from_dict, config_to_dict, config_to_toml, default_config, load_config,
-                     scale_epochs)
-from .loop import RunFolderError, TrainingError, evaluate, evaluate_checkpoint, make_optimizer, select_device, train
+                     config_from_dict, config_to_dict, config_to_toml, default_config, load_config, scale_epochs)
+from .evaluate import autocast, batched_outputs, evaluate, evaluate_checkpoint, select_device
+from .fit import TrainingError, TrainingState, fit
+from .optim import make_optimizer
+from .run import RunFolderError, train_run
 from .schedules import Schedule
 
 __all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "ExperimentConfig", "OptimConfig",
-           "RunFolderError", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError", "apply_overrides",
-           "config_from_dict", "config_to_dict", "config_to_toml", "default_config", "evaluate",
-           "evaluate_checkpoint", "load_config", "load_model", "load_state", "make_optimizer", "save_state",
-           "save_weights", "scale_epochs", "select_device", "train"]
+           "RunFolderError", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError", "TrainingState", "autocast",
+           "batched_outputs", "config_from_dict", "config_to_dict", "config_to_toml", "default_config", "evaluate",
+           "evaluate_checkpoint", "fit", "load_config", "load_model", "load_state", "make_optimizer", "save_state",
+           "save_weights", "scale_epochs", "select_device", "train_run"]

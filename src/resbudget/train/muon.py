@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from torch import nn
+
+from ..models import ResNet
 
 # Quintic Newton-Schulz coefficients of Jordan et al.: chosen for the fastest growth of small singular values, not
 # for exact convergence (the result has singular values in roughly [0.7, 1.2], which Muon does not mind).
@@ -77,13 +78,13 @@ class MuonSGD(torch.optim.Optimizer):
         return loss
 
 
-def muon_param_groups(model: nn.Module, *, lr: float, momentum: float, nesterov: bool, bias_lr: float,
+def muon_param_groups(model: ResNet, *, lr: float, momentum: float, nesterov: bool, bias_lr: float,
                       head_lr: float, aux_momentum: float, weight_decay: float) -> list[dict]:
     """Trainable convolution filters (4-D) -> Muon at ``lr``; the classifier's weight -> SGD at ``head_lr``; every
     other trainable tensor (BatchNorm and stem biases, dense-head layers) -> SGD at ``bias_lr``. ``weight_decay`` is
     the decay per step at the peak lr: group g gets ``weight_decay / lr_g`` (as airbench sets it)."""
     filters, head, rest = [], [], []
-    classifier = _classifier_weight(model)
+    classifier = model.classifier.weight
     for p in model.parameters():
         if not p.requires_grad:
             continue
@@ -100,9 +101,3 @@ def muon_param_groups(model: nn.Module, *, lr: float, momentum: float, nesterov:
                                weight_decay=weight_decay / group_lr, muon=False))
     return groups
 
-
-def _classifier_weight(model: nn.Module) -> torch.Tensor | None:
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Sequential) and len(head):
-        return getattr(head[-1], "weight", None)
-    return None

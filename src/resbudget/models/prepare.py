@@ -1,10 +1,16 @@
-"""Data-dependent initialisation: the first convolution as a whitening filter of the training images' patches."""
+"""Getting a net ready to train the fast-recipe way: whitening stem, identity-initialised convolutions, frozen tensors.
+
+The training loop calls :func:`prepare_`, :func:`whiten_stem_` and :func:`train_stem_bias_`; it never reaches into the
+net's layers itself.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .builder import ResNet
 
 
 def patch_whitening(images: torch.Tensor, kernel_size: int, eps: float = 5e-4) -> torch.Tensor:
@@ -63,3 +69,30 @@ def dirac_init_(convs: list[nn.Conv2d]) -> None:
         if conv.groups != 1:
             raise ValueError("dirac initialisation needs ungrouped convolutions")
         nn.init.dirac_(conv.weight[:conv.in_channels])
+
+
+def prepare_(model: ResNet, *, dirac: bool = False, freeze_bn_weight: bool = False, freeze_stem: bool = False) -> None:
+    """``dirac``: every 3x3 conv after the stem starts as identities (:func:`dirac_init_`); ``freeze_bn_weight``:
+    BatchNorm scales stay at 1 (airbench trains only their biases); ``freeze_stem``: the stem's filters do not train."""
+    if dirac:
+        dirac_init_([m for m in model.modules() if isinstance(m, nn.Conv2d) and m is not model.stem_conv
+                     and m.kernel_size == (3, 3)])
+    if freeze_bn_weight:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+    if freeze_stem:
+        model.stem_conv.weight.requires_grad_(False)
+
+
+def whiten_stem_(model: ResNet, images: torch.Tensor) -> None:
+    """The stem's filters from the patches of ``images`` (normalised floats): see :func:`whiten_conv_`."""
+    whiten_conv_(model.stem_conv, images.to("cpu"))
+
+
+def train_stem_bias_(model: ResNet, trainable: bool) -> None:
+    """Switch the training of the stem's bias on or off (with a frozen stem and the bias off, the first stage needs
+    no input gradient, the dearest backward pass of the net)."""
+    if model.stem_conv.bias is None:
+        raise ValueError("the stem has no bias to train (its spec has stem_norm = true)")
+    model.stem_conv.bias.requires_grad_(trainable)

@@ -1,0 +1,100 @@
+"""Evaluation, public to every layer above the loop: device choice, autocast, batched outputs, plain and TTA accuracy,
+and the test accuracy of a saved checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import CIFAR10, Split, load_cifar10, normalize
+from ..models import count_params
+from .checkpoint import load_model
+from .config import STUDY_MODE_NOTE, ConfigError
+from .tta import tta_view_logits
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *, batch_size: int = 1000,
+                    precision: str = "bf16", channels_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(fn(normalised images), labels) batch by batch over ``split``, which must be on fn's device."""
+    device = split.images.device
+    for start in range(0, len(split), batch_size):
+        x = normalize(split.images[start:start + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            out = fn(x)
+        yield out.float(), split.labels[start:start + batch_size]
+
+
+def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: int = 1000, precision: str = "bf16",
+             channels_last: bool = True) -> dict[str, float]:
+    """``loss`` (mean cross-entropy) and ``accuracy`` over ``split`` (on the model's device), and with a ``tta`` mode
+    ``accuracy_tta`` from the same pass: the plain numbers are those of view 0, the image itself."""
+    was_training = model.training
+    model.eval()
+    device = split.images.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    correct_tta = torch.zeros((), device=device, dtype=torch.int64)
+    fn = model if tta == "none" else (lambda x: tta_view_logits(model, x, tta))
+    for logits, y in batched_outputs(fn, split, batch_size=batch_size, precision=precision,
+                                     channels_last=channels_last):
+        views = logits if tta != "none" else logits[None]
+        loss_sum += F.cross_entropy(views[0], y, reduction="sum")
+        correct += (views[0].argmax(1) == y).sum()
+        correct_tta += (views.mean(0).argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(len(split), 1)
+    out = {"loss": float(loss_sum) / n, "accuracy": int(correct) / n}
+    if tta != "none":
+        out["accuracy_tta"] = int(correct_tta) / n
+    return out
+
+
+def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
+                        batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None,
+                        model: nn.Module | None = None) -> dict[str, Any]:
+    """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
+    already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities)."""
+    if model is None:
+        model, _ = load_model(path)
+    dev = select_device(device)
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    data = data if data is not None else load_cifar10(data_dir)
+    r = evaluate(model, data.test.to(dev), batch_size=batch_size, precision=precision)
+    result = {"checkpoint": str(path), "test_accuracy": r["accuracy"], "test_loss": r["loss"],
+              "params": count_params(model), "images": len(data.test), "precision": precision, "device": str(dev),
+              "notes": []}
+    summary_path = Path(path) / "summary.json" if Path(path).is_dir() else Path(path).parent / "summary.json"
+    if summary_path.is_file() and json.loads(summary_path.read_text(encoding="utf-8")).get("plateau_watched_test"):
+        result["notes"].append(STUDY_MODE_NOTE)
+    return result

@@ -1,0 +1,242 @@
+"""A training run in a folder: resolve and record the config, build and prepare the net, load the data, call
+:func:`fit`, and write metrics, checkpoints and the summary. ``train_run`` is what ``resbudget train`` calls.
+
+A run folder holds ``config.toml`` (the complete resolved config), ``metrics.jsonl`` / ``metrics.csv``,
+``model.safetensors`` (after every epoch), ``state.safetensors`` while unfinished (what ``--resume`` needs) and, at
+the end, ``summary.json``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from .._io import read_toml, write_text
+from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
+from ..models import ResNet, build_model, check_budget, count_params, summarize
+from ..models.prepare import prepare_, whiten_stem_
+from ..version import __version__
+from .checkpoint import load_state, save_state, save_weights
+from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
+from .evaluate import evaluate, select_device
+from .fit import TrainingState, fit, images_kept
+from .metrics import MetricsLog, Progress
+
+WHITEN_IMAGES = 5000  # training images whose patches set the whitening filters
+
+
+class RunFolderError(RuntimeError):
+    pass
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> tuple[Config, dict[str, Any] | None]:
+    """(the run's config, its saved training state or None). A new run needs an empty or absent folder; ``resume``
+    reads the folder's own config (a given ``config`` must equal it)."""
+    state_path = out_dir / "state.safetensors"
+    if resume:
+        cfg_path = out_dir / "config.toml"
+        if not cfg_path.is_file():
+            raise RunFolderError(f"--resume: {out_dir} holds no run (no config.toml)")
+        try:
+            stored = config_from_dict(read_toml(cfg_path, RunFolderError), stored=True)
+        except ConfigError as e:
+            raise RunFolderError(f"{cfg_path}: {e}") from None
+        if config is not None and config_to_dict(config) != config_to_dict(stored):
+            raise RunFolderError(
+                f"--resume: the given config differs from the one stored in {cfg_path}; resume without a config "
+                "argument, or start a new run in another --out folder"
+            )
+        return stored, (load_state(state_path) if state_path.is_file() else None)
+    if config is None:
+        raise ConfigError("a config is needed to start a run")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunFolderError(
+            f"{out_dir} is not empty; pass --resume to continue the run in it, or choose another --out folder "
+            "(nothing in it is overwritten)"
+        )
+    return config, None
+
+
+def prepare_splits(config: Config, data: CIFAR10, device: torch.device) -> tuple[Split, Split | None, Split]:
+    """(train, validation or None, test) on ``device``: the validation split carved from the training set, and the
+    smoke-test limits applied."""
+    d = config.data
+    train, test, val = data.train, data.test, None
+    if d.val_size:
+        train_idx, val_idx = stratified_split(train.labels, d.val_size, d.val_seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    if d.train_limit:
+        train = train.subset(torch.arange(min(d.train_limit, len(train))))
+    if d.test_limit:
+        test = test.subset(torch.arange(min(d.test_limit, len(test))))
+    if len(train) < config.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size ({config.train.batch_size}) is larger than the training set ({len(train)} images)"
+        )
+    kept = images_kept(len(train), config.train.drop_easy)
+    if kept < config.train.batch_size:
+        raise ConfigError(f"train.drop_easy = {config.train.drop_easy} leaves {kept} training images per epoch, "
+                          f"fewer than one batch of {config.train.batch_size}")
+    return train.to(device), (val.to(device) if val is not None else None), test.to(device)
+
+
+def initial_model(config: Config) -> ResNet:
+    """The net before training and before its data-dependent start (whitening): built after
+    ``torch.manual_seed(train.seed)``, with the recipe's identity init and frozen tensors."""
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model)
+    t = config.train
+    prepare_(model, dirac=t.dirac_init, freeze_bn_weight=t.freeze_bn_weight, freeze_stem=t.freeze_stem)
+    return model
+
+
+def evaluate_epoch(model: ResNet, config: Config, val: Split | None, test: Split, epoch: int) -> dict[str, Any]:
+    """The held-out numbers of an epoch's row: validation every epoch (if there is a split), test after the last
+    epoch (with its TTA accuracy from the same pass) or every epoch where asked or watched."""
+    t, last = config.train, epoch == config.train.epochs
+    opts = dict(batch_size=t.eval_batch_size, precision=t.precision, channels_last=t.channels_last)
+    row: dict[str, Any] = {"val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None}
+    if val is not None:
+        r = evaluate(model, val, **opts)
+        row.update(val_loss=r["loss"], val_acc=r["accuracy"])
+    if last or t.eval_test_every_epoch or config.watches_test:
+        r = evaluate(model, test, tta=t.tta if last else "none", **opts)
+        row.update(test_loss=r["loss"], test_acc=r["accuracy"], test_acc_tta=r.get("accuracy_tta"))
+    return row
+
+
+def train_run(
+    config: Config | None,
+    out_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    data: CIFAR10 | None = None,
+    resume: bool = False,
+    allow_over_budget: bool = False,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` into the run folder ``out_dir`` and return the summary (also written as summary.json).
+
+    The data: ``data`` if given (already loaded), else CIFAR-10 from ``data_dir`` (else $RESBUDGET_DATA_DIR, else the
+    cache folder), verified. ``resume``: continue the run in ``out_dir`` from its last finished epoch."""
+    wall_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    config, saved = open_run_folder(out_dir, config, resume)
+    t = config.train
+    show = Progress(t.epochs, stream=stream, enabled=progress)
+    if resume and saved is None and (out_dir / "summary.json").is_file():
+        show.message(f"{out_dir} is already finished ({t.epochs} epochs); nothing to resume")
+        return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    device = select_device(t.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes (the partial batch is dropped): tune once
+
+    model = initial_model(config)
+    params, model_summary = count_params(model), summarize(config.model, model)
+    if not allow_over_budget:
+        check_budget(params, t.budget)
+    data = data if data is not None else load_cifar10(data_dir)
+    train, val, test = prepare_splits(config, data, device)
+    if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
+        whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_text(out_dir / "config.toml", config_to_toml(config))
+    for w in model_summary.warnings:
+        show.message(f"warning: {w}")
+    if config.watches_test:
+        show.message(f"note: {STUDY_MODE_NOTE}")
+
+    model = model.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    state, wall_before = TrainingState.start(config, model, len(train)), 0.0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.schedule.load_state_dict(saved["schedule"])
+        state.epoch, wall_before = int(saved["epoch"]), float(saved["wall_seconds"])
+        if state.last_loss is not None and "last_loss" in saved:
+            state.last_loss.copy_(saved["last_loss"])
+        torch.set_rng_state(saved["cpu_rng"])
+        show.message(f"resuming {out_dir} after epoch {state.epoch}")
+    log = MetricsLog(out_dir, keep_until_epoch=state.epoch)
+
+    def end_epoch(state: TrainingState, row: dict[str, Any]) -> None:
+        log.append(row)
+        show.epoch(row)
+        save_weights(model, config.model, out_dir / "model.safetensors", extra={"epoch": str(state.epoch)})
+        save_state({"model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                    "schedule": state.schedule.state_dict(), "cpu_rng": torch.get_rng_state(), "epoch": state.epoch,
+                    "wall_seconds": wall_before + time.perf_counter() - wall_start,
+                    **({"last_loss": state.last_loss} if state.last_loss is not None else {})},
+                   out_dir / "state.safetensors")
+        if on_epoch_end is not None:
+            on_epoch_end(state.epoch, row)
+
+    last_row = fit(model, config, train, state, end_epoch=end_epoch, show=show,
+                   evaluate_epoch=lambda epoch: evaluate_epoch(model, config, val, test, epoch))
+    tta_acc = last_row.get("test_acc_tta") if last_row is not None else None
+    if t.tta != "none" and tta_acc is None:  # resumed after the last epoch's checkpoint
+        tta_acc = evaluate(model, test, tta=t.tta, batch_size=t.eval_batch_size, precision=t.precision,
+                           channels_last=t.channels_last)["accuracy_tta"]
+    summary = run_summary(config, log.rows, model_summary, params, tta_acc, data, device,
+                          round(wall_before + time.perf_counter() - wall_start, 2))
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
+    with_tta = f" ({100 * tta_acc:.2f}% with {t.tta} TTA)" if tta_acc is not None else ""
+    show.message(f"final test accuracy {100 * summary['test_accuracy']:.2f}%{with_tta} after {t.epochs} epochs "
+                 f"({summary['wall_seconds']:.0f} s) -> {out_dir}")
+    return summary
+
+
+def run_summary(config: Config, rows: list[dict[str, Any]], model_summary: Any, params: int, tta_acc: float | None,
+                data: CIFAR10, device: torch.device, wall_seconds: float) -> dict[str, Any]:
+    t, final = config.train, rows[-1]
+    return {
+        "resbudget_version": __version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "preset": config.preset,
+        "params": params,
+        "macs": model_summary.macs,
+        "budget": t.budget,
+        "over_budget": params > t.budget,
+        "epochs": t.epochs,
+        "test_accuracy": final["test_acc"],
+        "test_loss": final["test_loss"],
+        "test_accuracy_tta": tta_acc,  # with the t.tta views; test_accuracy is always without
+        "val_accuracy": final["val_acc"],
+        "train_accuracy": final["train_acc"],
+        "wall_seconds": wall_seconds,
+        "train_seconds": round(sum(r.get("train_seconds") or 0.0 for r in rows), 3),  # the steps alone
+        "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch_version": torch.__version__,
+        "seed": t.seed,
+        "git_commit": git_commit(),
+        "data_source": data.source,
+        "data_checksums": data.checksums,
+        "plateau_watched_test": config.watches_test,
+        "notes": [STUDY_MODE_NOTE] if config.watches_test else [],
+        "warnings": model_summary.warnings,
+        "config": config_to_dict(config),
+    }
