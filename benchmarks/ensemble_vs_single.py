@@ -22,7 +22,7 @@ import torch
 from resbudget.data import load_cifar10
 from resbudget.ensemble import train_ensemble, widest_member
 from resbudget.models import build_model, count_params, get_preset
-from resbudget.train import default_config, train
+from resbudget.train import default_config, train_run
 from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 
@@ -53,7 +53,8 @@ def main() -> None:
     cfg_s = dataclasses.replace(base, model=single, preset=a.base,
                                 train=dataclasses.replace(base.train, epochs=epochs_s))
     ens = train_ensemble(cfg_m, a.out / "ensemble", members=k, budget=a.budget, data=data, progress=False)
-    one = train(cfg_s, a.out / "single", data=data, progress=False, resume=(a.out / "single" / "config.toml").is_file())
+    one = train_run(cfg_s, a.out / "single", data=data, progress=False,
+                    resume=(a.out / "single" / "config.toml").is_file())
     result = {
         "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "minutes_each": a.minutes,
         "probe_images_per_s": {"member": round(ips_m), "single": round(ips_s)},

@@ -8,11 +8,11 @@ RECIPE: a name from RECIPES below, a config file (benchmarks/recipes/gpu-94.toml
 The data is loaded and moved to the GPU once (timed and printed), and one short warm-up run (2 epochs, not counted)
 starts CUDA and tunes cuDNN's kernels, as the published GPU records do. Per run it reports:
 - train s: the training steps alone (sum of the epochs' train_seconds, each ending in a device sync);
-- run s: the whole ``train()`` call: model build, whitening init, steps, per-epoch checkpoints, evaluation and TTA;
+- run s: the whole ``train_run()`` call: model build, whitening init, steps, per-epoch checkpoints, evaluation and TTA;
 and final-epoch test accuracy with and without TTA, as mean ± std over seeds.
 --deadline stops starting runs that would end after that many seconds from the start (the last run's time of the
 same recipe is the estimate), so a fixed lease is spent on the most important recipes first.
---synthetic N trains on N random images (no data needed): it checks the code paths and the speed, not the accuracy.
+--synthetic N trains on N synthetic images (no data needed): it checks the code paths and the speed, not the accuracy.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from pathlib import Path
 
 import torch
 
-from resbudget.data import load_cifar10
-from resbudget.data.cifar10 import CIFAR10, DataError, Split
+from resbudget.data import CIFAR10, DataError, load_cifar10, synthetic_cifar10
 from resbudget.models import build_model, count_params
-from resbudget.train import load_config, train
+from resbudget.train import RunFolderError, TrainingError, load_config, select_device, train_run
 from resbudget.train.config import ConfigError
-from resbudget.train.loop import RunFolderError, TrainingError, select_device
 
 TTA6 = 'train.tta="flip-shift"'
 WIDE = "model.stage_widths=[128,384,384]"  # airbench95's widths: 4.6M params
@@ -60,17 +58,6 @@ def parse_recipe(text: str) -> tuple[str, str | None, list[str]]:
     raise SystemExit(f"unknown recipe {text!r}: use one of {', '.join(RECIPES)}, a .toml file or NAME=OVERRIDE;...")
 
 
-def synthetic_cifar(device: torch.device, n_train: int) -> CIFAR10:
-    n_test = max(n_train // 5, 1)
-    g = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> Split:
-        return Split(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
-                     torch.randint(0, 10, (n,), generator=g)).to(device)
-
-    return CIFAR10(split(n_train), split(n_test), source="synthetic (random images)")
-
-
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -81,7 +68,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("recipes", nargs="*", default=["default"])
     p.add_argument("--data-dir")
-    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="N random training images, no data")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="N synthetic training images, no data")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, help="override every recipe's epochs (a quick check)")
     p.add_argument("--deadline", type=float, default=0.0)
@@ -110,17 +97,17 @@ def main() -> None:
             raise SystemExit(f"recipe {rname}: {e}") from None
     t0 = time.perf_counter()
     try:
-        data = synthetic_cifar(device, a.synthetic) if a.synthetic else load_cifar10(a.data_dir)
+        data = synthetic_cifar10(a.synthetic, max(a.synthetic // 5, 1)) if a.synthetic else load_cifar10(a.data_dir)
     except DataError as e:
         raise SystemExit(str(e)) from None
-    data = CIFAR10(data.train.to(device), data.test.to(device), data.source)
+    data = CIFAR10(data.train.to(device), data.test.to(device), data.source, data.checksums)
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(f"data: {data.source}, loaded and on the device in {time.perf_counter() - t0:.2f} s", flush=True)
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        train(configure(*recipes[0][1:], 999, 2), Path(tmp) / "warmup", data=data, progress=False)
+        train_run(configure(*recipes[0][1:], 999, 2), Path(tmp) / "warmup", data=data, progress=False)
     print(f"warm-up run (2 epochs of {recipes[0][0]}, not counted): {time.perf_counter() - t0:.2f} s", flush=True)
 
     results = []
@@ -134,7 +121,7 @@ def main() -> None:
                 continue
             run_dir = a.out / rname / f"seed{seed}"
             t0 = time.perf_counter()
-            s = train(configure(source, overrides, seed, a.epochs), run_dir, data=data, progress=False)
+            s = train_run(configure(source, overrides, seed, a.epochs), run_dir, data=data, progress=False)
             run_s = time.perf_counter() - t0
             estimate = run_s
             r = {"seed": seed, "test": 100 * s["test_accuracy"],
@@ -150,7 +137,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench.json").write_text(json.dumps({"device": name, "torch": torch.__version__, "data": data.source,
                                                    "results": results}, indent=2) + "\n")
-    print(f"\n{name}, torch {torch.__version__}; train s = the steps alone, run s = the whole train() call")
+    print(f"\n{name}, torch {torch.__version__}; train s = the steps alone, run s = the whole train_run() call")
     print("| recipe | params | epochs | runs | train s | run s | test % | TTA % (views) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:

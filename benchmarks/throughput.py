@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from resbudget.models import ModelSpec, build_model, count_params, get_preset, list_presets, summarize
-from resbudget.train.loop import autocast, select_device
+from resbudget.train import autocast, select_device
 
 
 def train_images_per_s(spec: ModelSpec, batch: int = 256, steps: int = 6, precision: str = "bf16") -> float:

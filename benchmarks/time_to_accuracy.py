@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from resbudget.data import load_cifar10
-from resbudget.train import load_config, scale_epochs, train
+from resbudget.train import load_config, scale_epochs, train_run
 from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 
@@ -42,14 +42,14 @@ def run_recipe(name: str, config, seeds: int, out: Path, data_dir: str, peak: fl
     """Each run loads the data itself (as `resbudget train` does), so its wall time includes loading."""
     runs = []
     for seed in range(seeds):
-        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed),
-                                  data=dataclasses.replace(config.data, data_dir=str(Path(data_dir).resolve())))
+        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
         run_dir = out / name / f"seed{seed}"
         done = run_dir / "summary.json"
         if done.is_file():
             runs.append(json.loads(done.read_text(encoding="utf-8")))
         else:
-            runs.append(train(cfg, run_dir, progress=False, resume=(run_dir / "config.toml").is_file()))
+            runs.append(train_run(cfg, run_dir, data_dir=data_dir, progress=False,
+                                  resume=(run_dir / "config.toml").is_file()))
         r = runs[-1]
         print(f"  {name} seed {seed}: {100 * r['test_accuracy']:.2f}%"
               + (f" ({100 * r['test_accuracy_tta']:.2f}% TTA)" if r.get("test_accuracy_tta") is not None else "")

@@ -16,7 +16,7 @@ import torch
 
 from resbudget.data import load_cifar10
 from resbudget.train.checkpoint import load_model
-from resbudget.train.loop import batched_outputs
+from resbudget.train import batched_outputs
 from resbudget.train.tta import shift
 
 VIEWS = {

@@ -4,11 +4,9 @@ import pytest
 
 from resbudget.cli import main
 
-from .conftest import TINY
+from .conftest import TINY, TINY_SETS, tiny_config
 
-TINY_SETS = ["--set", f"model.stem_width={TINY.stem_width}", "--set", f"model.stage_widths={list(TINY.stage_widths)}",
-             "--set", f"model.stage_blocks={list(TINY.stage_blocks)}",
-             "--set", f"model.stage_strides={list(TINY.stage_strides)}"]
+SET_TINY = [a for s in TINY_SETS for a in ("--set", s)]
 
 
 def run(capsys, *argv):
@@ -44,6 +42,8 @@ def test_arch_reads_a_spec_file(capsys, tmp_path):
     (["train", "resnet18", "--data-dir", "/nonexistent"], "over the budget of 5,000,000"),
     (["train", "shallow", "--data-dir", "/nonexistent"], "CIFAR-10 not found"),
     (["train", "--resume"], "--resume needs --out"),
+    (["train", "--set", "data.data_dir='x'"], "data.data_dir is no longer part of a config: "),
+    (["train", "--set", "train.compile=true"], "train.compile was removed"),
     (["eval", "/nonexistent/run"], "no such checkpoint"),
 ])
 def test_errors_exit_nonzero_with_a_message(capsys, argv, message):
@@ -54,7 +54,7 @@ def test_errors_exit_nonzero_with_a_message(capsys, argv, message):
 
 def test_train_then_eval(capsys, tmp_path, data_dir):
     out_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", "shallow", *TINY_SETS, "--set", "train.epochs=1", "--set",
+    code, out, err = run(capsys, "train", "shallow", *SET_TINY, "--set", "train.epochs=1", "--set",
                          "data.train_limit=256", "--set", "data.test_limit=200", "--set", "train.batch_size=64",
                          "--data-dir", str(data_dir), "--out", str(out_dir), "--json")
     assert code == 0, err
@@ -65,33 +65,37 @@ def test_train_then_eval(capsys, tmp_path, data_dir):
     assert code == 0 and {"test_accuracy", "test_loss"} <= set(result) and result["images"] == 10_000
 
 
-def test_interrupted_run_resumes_from_the_cli(capsys, tmp_path, data_dir):
-    from resbudget.train import load_config, train
-
-    config = load_config("shallow", [a for a in TINY_SETS if a != "--set"] + [
-        "train.epochs=2", "data.train_limit=256", "data.test_limit=200", "train.batch_size=64",
-        f"data.data_dir='{tmp_path / 'moved'}'"])
+def test_a_run_folder_from_before_the_removals_resumes(capsys, tmp_path, synthetic_dir, small_cifar):
+    """A config.toml written before data_dir left the config and the unpaying knobs were deleted still resumes."""
+    from resbudget.train import train_run
 
     def stop(epoch, _row):
         raise KeyboardInterrupt
 
-    from resbudget.data import load_cifar10
-
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run", data=load_cifar10(data_dir), progress=False, on_epoch_end=stop)
-    # The stored data_dir no longer exists; --data-dir says where the data is now.
-    code, out, err = run(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--data-dir", str(data_dir),
-                         "--json")
+        train_run(tiny_config(), tmp_path / "run", data=small_cifar, progress=False, on_epoch_end=stop)
+    stored = tmp_path / "run" / "config.toml"
+    old = stored.read_text().replace("[data]\n", f"[data]\ndata_dir = '{tmp_path / 'moved'}'\nsmall_crop = 0\n")
+    old = old.replace("[train]\n", "[train]\ncompile = false\ntune_allocator = false\n")
+    old = old.replace("[model]\n", "[model]\nstem_padding = 'auto'\n")
+    assert old.count("stem_padding") == old.count("data_dir") == old.count("compile") == 1
+    stored.write_text(old)
+    code, out, err = run(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--data-dir",
+                         str(synthetic_dir), "--json")
     assert code == 0, err
     assert "resuming" in err and "epoch 2/2" in err and "epoch 1/2" not in err
     assert json.loads(out)["epochs"] == 2
+    stored.write_text(old.replace("compile = false", "compile = true"))
+    (tmp_path / "run" / "summary.json").unlink()
+    code, _, err = run(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--data-dir", str(synthetic_dir))
+    assert code == 2 and "train.compile was removed" in err and str(stored) in err
 
 
-def test_an_unwritable_run_folder_is_a_clean_error(capsys, tmp_path, data_dir):
+def test_an_unwritable_run_folder_is_a_clean_error(capsys, tmp_path, synthetic_dir):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code, _, err = run(capsys, "train", "shallow", *TINY_SETS, "--set", "train.epochs=1", "--set",
-                       "data.train_limit=128", "--set", "train.batch_size=64", "--data-dir", str(data_dir),
+    code, _, err = run(capsys, "train", "shallow", *SET_TINY, "--set", "train.epochs=1", "--set",
+                       "data.train_limit=128", "--set", "train.batch_size=64", "--data-dir", str(synthetic_dir),
                        "--out", str(blocker / "run"))
     assert code == 2 and "error:" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"

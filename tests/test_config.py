@@ -1,9 +1,13 @@
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 
-from resbudget.models import UnknownPresetError
-from resbudget.train import Config, ConfigError, Schedule, ScheduleConfig, config_to_toml, default_config, load_config
+from resbudget.models import UnknownPresetError, get_preset
+from resbudget.train import (Config, ConfigError, Schedule, ScheduleConfig, config_to_dict, config_to_toml,
+                             default_config, load_config)
 
 
 def test_preset_name_gives_the_study_defaults():
@@ -14,9 +18,9 @@ def test_preset_name_gives_the_study_defaults():
 
 def test_overrides_are_typed():
     c = load_config("shallow", ["optim.lr=0.05", "optim.name=adamw", "model.head_hidden=[128, 64]",
-                                "train.compile=true", "schedule.factor=0.31622776601683794"])
+                                "train.channels_last=false", "schedule.factor=0.31622776601683794"])
     assert c.optim.lr == 0.05 and c.optim.name == "adamw" and c.model.head_hidden == (128, 64)
-    assert c.train.compile is True and math.isclose(c.schedule.factor, 10 ** -0.5)
+    assert c.train.channels_last is False and math.isclose(c.schedule.factor, 10 ** -0.5)
     assert load_config("shallow", ["optim.lr=1"]).optim.lr == 1.0  # an int is a fine float
 
 
@@ -73,7 +77,7 @@ def test_default_config_is_within_budget_and_short():
 
     c = default_config()
     assert count_params(build_model(c.model)) <= c.train.budget
-    assert load_config(None) == c
+    assert load_config(None) == c == Config()
 
 
 # --- schedules ---------------------------------------------------------------------------------------------------------
@@ -125,9 +129,8 @@ def test_shipped_config_files_load():
 
 def test_the_package_api_imports():
     import resbudget
-    import resbudget.train as train_pkg
 
-    assert callable(train_pkg.train) and callable(resbudget.load_config)
+    assert callable(resbudget.train_run) and callable(resbudget.load_config)
     assert resbudget.get_preset("shallow") == load_config("shallow").model
 
 
@@ -152,7 +155,7 @@ def test_scale_epochs_scales_every_schedule_length():
 
 def test_experiment_section_carries_paper_numbers(tmp_path):
     path = tmp_path / "exp.toml"
-    path.write_text('preset = "shallow"\n[experiment]\nname = "x"\npaper_accuracy = [94.55]\n')
+    path.write_text('base = "study"\n[experiment]\nname = "x"\npaper_accuracy = [94.55]\n')
     c = load_config(path)
     assert c.experiment.paper_accuracy == (94.55,) and c.experiment.name == "x"
 
@@ -162,3 +165,85 @@ def test_the_previous_default_recipe_file_loads():
     c = load_config(Path(__file__).resolve().parents[1] / "configs" / "fast-sgd-15.toml")
     assert (c.preset, c.train.epochs, c.train.batch_size, c.optim.lr, c.optim.nesterov) == ("fast", 15, 256, 0.2, True)
     assert (c.schedule.name, c.schedule.warmup_epochs, c.train.label_smoothing) == ("warmup", 1.0, 0.1)
+
+
+# --- bases and the files of the repository ---------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(str(p.relative_to(REPO)) for folder in ("experiments/paper", "configs", "benchmarks/recipes")
+                      for p in (REPO / folder).glob("*.toml"))
+BEFORE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs_1c09d75.json").read_text())
+# deleted since 1c09d75, with the value under which each did nothing (every file above had it)
+DELETED = {("train", "tune_allocator"): False, ("train", "compile"): False, ("data", "small_crop"): 0,
+           ("data", "small_crop_epochs"): 0, ("data", "data_dir"): "", ("model", "stem_padding"): "auto"}
+
+
+@pytest.mark.parametrize("name", ["default", *CONFIG_FILES])
+def test_every_file_resolves_to_the_config_it_had_before_bases(name):
+    """Resolved configs saved at commit 1c09d75, when every file spelled out its whole recipe over the study's
+    defaults: the move to bases, and the deletion of the knobs that did not pay, changed none of them."""
+    before = BEFORE[name]
+    for (section, key), value in DELETED.items():
+        assert before[section].pop(key) == value, (name, key)
+    assert config_to_dict(load_config(None if name == "default" else REPO / name)) == before
+    assert set(BEFORE) == {"default", *CONFIG_FILES}  # a new file gets its own check
+
+
+def _resolved_base(data: dict, path: Path) -> dict:
+    from resbudget.train.config import _resolve
+
+    return _resolve({"base": data.get("base", "default")}, path, (path,))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_recipe_files_spell_out_only_their_differences_from_their_base(name):
+    import tomllib
+
+    path = REPO / name
+    data = tomllib.loads(path.read_text())
+    base = _resolved_base(data, path)
+    assert "base" in data, "a file in the repository names its base"
+    if "preset" in data:
+        assert data["preset"] != base["preset"], "preset repeats the base's"
+        base["model"] = get_preset(data["preset"]).to_dict()
+    for section, table in data.items():
+        if isinstance(table, dict):
+            same = [k for k, v in table.items() if base[section][k] == v]
+            assert not same, f"[{section}] repeats its base: {same}"
+
+
+def test_a_file_lays_its_keys_over_its_base(tmp_path):
+    (tmp_path / "parent.toml").write_text('base = "study"\npreset = "fast"\n[train]\nepochs = 7\n')
+    (tmp_path / "child.toml").write_text('base = "parent.toml"\n[optim]\nlr = 0.3\n[model]\nstem_width = 16\n')
+    child, study = load_config(tmp_path / "child.toml"), load_config("fast")
+    assert (child.train.epochs, child.optim.lr, child.model.stem_width, child.preset) == (7, 0.3, 16, "fast")
+    assert child.model.stage_widths == study.model.stage_widths and child.optim.name == "sgd"
+    (tmp_path / "bare.toml").write_text("[train]\nepochs = 3\n")  # no base: the default recipe
+    assert load_config(tmp_path / "bare.toml") == load_config(None, ["train.epochs=3"])
+    # --set preset= replaces the model as a file's preset does; later model keys change it
+    c = load_config("fast", ["preset=shallow", "model.stem_width=32"])
+    assert c.model == dataclasses.replace(get_preset("shallow"), stem_width=32) and c.preset == "shallow"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('base = "nope"\n', "unknown base 'nope'; use one of default, study, or a .toml file"),
+    ('base = "missing.toml"\n', "missing.toml does not exist"),
+    ('base = "loop.toml"\n', "the bases form a loop"),
+    ("base = 3\n", "base: expected a base name or a .toml file, got 3"),
+    ('preset = ""\n', "preset: expected a preset name"),
+    ("train = 3\n", "\\[train\\] must be a table"),
+    ("[data]\ndata_dir = 'x'\n", "data.data_dir is no longer part of a config: .* --data-dir"),
+    ("[train]\ncompile = true\n", "train.compile was removed .* only its no-op value False"),
+    ("[data]\nsmall_crop = 24\n", "data.small_crop was removed"),
+    ("[model]\nstem_padding = 'same'\nstem_kernel = 2\n", "stem_padding 'same' was removed"),
+])
+def test_bad_bases_and_removed_keys_name_the_problem(tmp_path, text, message):
+    (tmp_path / "loop.toml").write_text('base = "loop.toml"\n')
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.toml")
+
+
+def test_removed_knobs_at_their_no_op_values_still_read(tmp_path):
+    (tmp_path / "old.toml").write_text("[train]\ncompile = false\ntune_allocator = false\n[data]\nsmall_crop = 0\n"
+                                       "[model]\nstem_padding = 'auto'\n")
+    assert load_config(tmp_path / "old.toml") == default_config()

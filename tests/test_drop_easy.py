@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from resbudget.data import Augment
-from resbudget.ensemble.together import train_together
-from resbudget.train import load_model, train
+from resbudget.train import load_model, train_run
 from resbudget.train.config import ConfigError
-from resbudget.train.loop import epoch_order
+from resbudget.train.fit import epoch_order
 
-from .test_train import Interrupt, tiny_config
+from .conftest import tiny_config
+from .test_train import Interrupt
 
 
 def test_epoch_order_skips_the_easiest_and_keeps_unseen_images():
@@ -29,7 +29,7 @@ def test_training_skips_a_quarter_after_the_first_epoch(small_cifar, tmp_path, m
     monkeypatch.setattr(Augment, "__call__", lambda self, x, g, flips=None: batches.append(len(x)) or call(
         self, x, g, flips))
     config = tiny_config("train.epochs=3", "train.drop_easy=0.25", "train.batch_size=32")
-    train(config, tmp_path / "run", data=small_cifar, progress=False)
+    train_run(config, tmp_path / "run", data=small_cifar, progress=False)
     n = len(small_cifar.train)
     full, kept = n // 32, (n - int(0.25 * n)) // 32
     assert full > kept and len(batches) == full + 2 * kept
@@ -38,15 +38,15 @@ def test_training_skips_a_quarter_after_the_first_epoch(small_cifar, tmp_path, m
 def test_resumed_run_with_drop_easy_matches_the_uninterrupted_one(small_cifar, tmp_path):
     # the skipped images depend on the losses seen so far: the state file must carry them
     config = tiny_config("train.epochs=3", "train.precision=fp32", "train.drop_easy=0.5")
-    full = train(config, tmp_path / "full", data=small_cifar, progress=False)
+    full = train_run(config, tmp_path / "full", data=small_cifar, progress=False)
 
     def stop_after_two(epoch, _row):
         if epoch == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(config, tmp_path / "cut", data=small_cifar, progress=False, on_epoch_end=stop_after_two)
-    cut = train(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False)
+        train_run(config, tmp_path / "cut", data=small_cifar, progress=False, on_epoch_end=stop_after_two)
+    cut = train_run(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False)
     a, _ = load_model(tmp_path / "full")
     b, _ = load_model(tmp_path / "cut")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -66,10 +66,5 @@ def test_bad_drop_easy_is_refused(value, message):
 def test_drop_easy_that_leaves_less_than_a_batch_is_refused_before_anything_is_written(small_cifar, tmp_path):
     config = tiny_config("train.drop_easy=0.99", "train.batch_size=64")
     with pytest.raises(ConfigError, match="fewer than one batch of 64"):
-        train(config, tmp_path / "run", data=small_cifar, progress=False)
+        train_run(config, tmp_path / "run", data=small_cifar, progress=False)
     assert not (tmp_path / "run").exists()
-
-
-def test_grouped_training_refuses_drop_easy(small_cifar, tmp_path):
-    with pytest.raises(ConfigError, match="drop_easy"):
-        train_together(tiny_config("train.drop_easy=0.2"), tmp_path / "g", [0, 1], data=small_cifar, progress=False)

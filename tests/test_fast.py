@@ -1,5 +1,5 @@
 """The pieces of the fast recipe that can be checked without a long run: whitening init, alternating flips, TTA,
-allocator tuning, and a training run that uses them all."""
+and a training run that uses them all."""
 
 import pytest
 import torch
@@ -7,12 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from resbudget.data import alternating_flip_base, alternating_flips, normalize
-from resbudget.models.init import patch_whitening, whiten_conv_
-from resbudget.train import train
-from resbudget.train.cpu import NO_TUNING_ENV
+from resbudget.models.prepare import patch_whitening, whiten_conv_
+from resbudget.train import train_run
 from resbudget.train.tta import shift, tta_logits, tta_views
 
-from .test_train import tiny_config
+from .conftest import tiny_config
 
 
 def _patch_covariance(responses: torch.Tensor) -> torch.Tensor:
@@ -31,7 +30,7 @@ def test_whitening_filters_decorrelate_real_patches(small_cifar):
     assert ((cov.diag() > 0.98) & (cov.diag() < 1 + 1e-6)).all()  # lambda / (lambda + eps): 1 up to eps
     raw = _patch_covariance(F.unfold(images, 3).transpose(0, 1).reshape(27, -1, 1, 1).transpose(0, 1))
     off = raw - torch.diag(torch.diag(raw))
-    assert off.abs().max() > 0.5  # neighbouring pixels are strongly correlated before: the test can fail
+    assert off.abs().max() > 0.3  # neighbouring pixels are correlated before: the test can fail
     # on other images of the same distribution the responses stay close to decorrelated
     held_out = _patch_covariance(F.conv2d(normalize(small_cifar.train.images[256:512]), filters)).float()
     corr = held_out / torch.outer(held_out.diag().sqrt(), held_out.diag().sqrt())
@@ -95,43 +94,26 @@ def test_tta_equals_the_mean_of_its_views():
         tta_views(x, "rot90")
 
 
-def test_allocator_tuning_applies_on_glibc_and_can_be_switched_off():
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
-
-    def tuned(**env):  # in a child process: mallopt would change this test process's allocator for good
-        code = "from resbudget.train.cpu import tune_allocator; print(tune_allocator())"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**os.environ, **env}).stdout
-        return out.strip()
-
-    assert tuned(**{NO_TUNING_ENV: "0"}) == "True"
-    assert tuned(**{NO_TUNING_ENV: "1"}) == "False"
-
-
 def test_training_with_whitening_alternating_flips_and_tta(small_cifar, tmp_path):
     config = tiny_config("train.whiten_init=true", "data.flip_mode=alternate", "train.tta=flip-shift",
                          "train.epochs=1")
-    s = train(config, tmp_path / "run", data=small_cifar, progress=False)
+    s = train_run(config, tmp_path / "run", data=small_cifar, progress=False)
     assert 0 <= s["test_accuracy_tta"] <= 1 and s["test_accuracy"] is not None
-    assert s["allocator_tuned"] is False  # off unless train.tune_allocator is set
-    plain = train(tiny_config("train.epochs=1"), tmp_path / "plain", data=small_cifar, progress=False)
+    plain = train_run(tiny_config("train.epochs=1"), tmp_path / "plain", data=small_cifar, progress=False)
     assert plain["test_accuracy_tta"] is None
 
 
 def test_one_tta_pass_gives_the_plain_numbers_too(small_cifar):
-    from resbudget.train.loop import evaluate, evaluate_with_tta
+    from resbudget.train import evaluate
     torch.manual_seed(0)
     from resbudget.models import build_model
     from .conftest import TINY
     model = build_model(TINY).eval()
-    loss, acc = evaluate(model, small_cifar.test, batch_size=100, precision="fp32")
-    loss2, acc2, acc_tta = evaluate_with_tta(model, small_cifar.test, "flip-shift", batch_size=100, precision="fp32")
+    plain = evaluate(model, small_cifar.test, batch_size=100, precision="fp32")
+    loss, acc = plain["loss"], plain["accuracy"]
+    r = evaluate(model, small_cifar.test, tta="flip-shift", batch_size=100, precision="fp32")
+    loss2, acc2, acc_tta = r["loss"], r["accuracy"], r["accuracy_tta"]
+    assert "accuracy_tta" not in plain
     with torch.no_grad():  # the TTA accuracy by hand: the mean of the logits over the views of each image
         x = normalize(small_cifar.test.images)
         acc_tta_ref = (tta_logits(model, x, "flip-shift").argmax(1) == small_cifar.test.labels).float().mean().item()

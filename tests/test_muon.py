@@ -6,13 +6,14 @@ import torch
 from torch import nn
 
 from resbudget.models import ModelSpec, SpecError, build_model, count_params, get_preset, stage_sizes, summarize
-from resbudget.models.init import dirac_init_
-from resbudget.train import load_config, train
+from resbudget.models.prepare import dirac_init_
+from resbudget.train import load_config, train_run
 from resbudget.train.config import ConfigError
-from resbudget.train.loop import initial_model, make_optimizer, set_lr
+from resbudget.train.optim import make_optimizer, set_lr
+from resbudget.train.run import initial_model
 from resbudget.train.muon import MuonSGD, muon_param_groups, orthogonalize
 
-from .test_train import tiny_config
+from .conftest import tiny_config
 
 AIRRES = get_preset("airres")
 
@@ -67,15 +68,15 @@ def test_non_muon_groups_match_torch_sgd():
 
 def test_param_groups_split_filters_classifier_and_the_rest():
     model = build_model(AIRRES)
-    model.stem[0].weight.requires_grad_(False)
+    model.stem_conv.weight.requires_grad_(False)
     groups = muon_param_groups(model, lr=0.24, momentum=0.6, nesterov=True, bias_lr=100.0, head_lr=1000.0,
                                aux_momentum=0.85, weight_decay=0.004)
     muon, rest, head = groups
     assert muon["muon"] and all(p.dim() == 4 for p in muon["params"])
-    assert all(p is not model.stem[0].weight for p in muon["params"]) and len(muon["params"]) == 6
+    assert all(p is not model.stem_conv.weight for p in muon["params"]) and len(muon["params"]) == 6
     assert len(head["params"]) == 1 and head["params"][0] is model.head[0].weight
     assert head["weight_decay"] == pytest.approx(0.004 / 1000)
-    assert any(p is model.stem[0].bias for p in rest["params"]) and rest["lr"] == 100.0
+    assert any(p is model.stem_conv.bias for p in rest["params"]) and rest["lr"] == 100.0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in groups for p in g["params"]) == trainable
 
@@ -144,13 +145,13 @@ def test_frozen_bn_scales_and_stem_do_not_move_in_training(small_cifar, tmp_path
     config = tiny_config("train.epochs=1", "train.freeze_bn_weight=true", "train.freeze_stem=true",
                          "train.dirac_init=true", "optim.name=muon", "optim.lr=0.1", "optim.bias_lr=1.0",
                          "optim.head_lr=1.0", "optim.weight_decay=0.001")
-    start = initial_model(config, 0)
-    assert not start.stem[0].weight.requires_grad
-    s = train(config, tmp_path / "run", data=small_cifar, progress=False)
+    start = initial_model(config)
+    assert not start.stem_conv.weight.requires_grad
+    s = train_run(config, tmp_path / "run", data=small_cifar, progress=False)
     assert s["test_accuracy"] is not None
     from resbudget.train import load_model
     trained, _ = load_model(tmp_path / "run")
-    assert torch.equal(trained.stem[0].weight, start.stem[0].weight)
+    assert torch.equal(trained.stem_conv.weight, start.stem_conv.weight)
     bn = [m for m in trained.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bn)
     assert not all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bn)  # their biases did train
@@ -158,20 +159,13 @@ def test_frozen_bn_scales_and_stem_do_not_move_in_training(small_cifar, tmp_path
     assert any(moved)
 
 
-def test_grouped_training_refuses_muon(tmp_path):
-    from resbudget.ensemble.together import train_together
-    config = load_config("fast", ["optim.name=muon", "optim.bias_lr=1.0", "optim.head_lr=1.0"])
-    with pytest.raises(ConfigError, match="cannot use optim.name = 'muon'"):
-        train_together(config, tmp_path / "t", [0, 1])
-
-
 def test_stem_bias_trains_only_in_its_first_epochs(small_cifar, tmp_path):
     from resbudget.train.checkpoint import read_weights
     config = tiny_config("train.epochs=3", "train.stem_bias_epochs=1", "model.stem_norm=false",
                          "model.stem_kernel=2", "train.freeze_stem=true", "train.whiten_init=true")
-    start = initial_model(config, 0).stem[0].bias.detach().clone()
+    start = initial_model(config).stem_conv.bias.detach().clone()
     biases = []
-    train(config, tmp_path / "run", data=small_cifar, progress=False,
+    train_run(config, tmp_path / "run", data=small_cifar, progress=False,
           on_epoch_end=lambda epoch, row: biases.append(read_weights(tmp_path / "run" / "model.safetensors")[1]
                                                         ["stem.0.bias"].clone()))
     assert not torch.equal(biases[0], start)  # trained in epoch 1
@@ -200,35 +194,9 @@ def test_default_recipe_runs_end_to_end_on_a_few_real_images(small_cifar, tmp_pa
     import dataclasses
     c = default_config()
     c = dataclasses.replace(c, train=dataclasses.replace(c.train, epochs=2, batch_size=128, stem_bias_epochs=1))
-    s = train(c, tmp_path / "run", data=small_cifar, progress=False)
+    s = train_run(c, tmp_path / "run", data=small_cifar, progress=False)
     assert s["preset"] == "airres" and s["params"] == 1_972_802
     assert 0.0 <= s["test_accuracy"] <= 1.0 and 0.0 <= s["test_accuracy_tta"] <= 1.0
     assert s["test_loss"] is not None and s["test_loss"] == s["test_loss"]  # finite, not NaN
 
 
-def test_the_8_epoch_recipe_file_is_the_default_recipe_on_every_image():
-    import dataclasses
-    from pathlib import Path
-    from resbudget.train.config import default_config
-    recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "airres-e8.toml"
-    d = default_config()
-    assert d.train.epochs == 8 and d.train.drop_easy > 0
-    assert load_config(recipe) == dataclasses.replace(
-        d, train=dataclasses.replace(d.train, drop_easy=0.0, tta="flip-shift"))
-
-
-def test_the_gpu_recipe_files_are_the_configs_that_were_benchmarked():
-    import dataclasses
-    from pathlib import Path
-    from resbudget.train.config import default_config
-    recipes = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
-    d = default_config()
-    wide = get_preset("airres-wide")
-    assert wide == dataclasses.replace(AIRRES, stage_widths=(128, 384, 384))
-    assert load_config(recipes / "gpu-94.toml") == dataclasses.replace(
-        d, preset="airres-wide", model=wide, train=dataclasses.replace(d.train, tta="flip-shift"))
-    c95 = load_config(recipes / "gpu-95.toml")
-    assert c95 == dataclasses.replace(
-        d, model=dataclasses.replace(AIRRES, stage_widths=(160, 384, 384)),
-        train=dataclasses.replace(d.train, epochs=20, drop_easy=0.3, tta="flip-shift"))
-    assert count_params(build_model(c95.model)) == 4_807_106 <= c95.train.budget

@@ -6,7 +6,7 @@ import pytest
 
 from resbudget.models import build_model, count_params
 from resbudget.study import StudyError, load_study, run_study, study_configs
-from resbudget.train import RunFolderError, scale_epochs, train
+from resbudget.train import RunFolderError, scale_epochs, train_run
 
 from .conftest import TINY
 
@@ -25,14 +25,14 @@ def test_the_paper_study_has_every_experiment():
 
 
 @pytest.mark.parametrize("name, config", PAPER, ids=[n for n, _ in PAPER])
-def test_every_experiment_builds_and_takes_a_training_step_on_real_images(name, config, small_cifar, tmp_path):
+def test_every_experiment_builds_and_takes_a_training_step(name, config, small_cifar, tmp_path):
     small = dataclasses.replace(
         scale_epochs(config, 1),
         data=dataclasses.replace(config.data, val_size=64 if config.data.val_size else 0, train_limit=64,
                                  test_limit=64),
         train=dataclasses.replace(config.train, epochs=1, batch_size=64, eval_batch_size=64),
     )
-    summary = train(small, tmp_path / name, data=small_cifar, progress=False)
+    summary = train_run(small, tmp_path / name, data=small_cifar, progress=False)
     rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and math.isfinite(rows[0]["train_loss"])
     assert summary["config"]["experiment"]["paper_accuracy"] == list(config.experiment.paper_accuracy)
@@ -42,7 +42,7 @@ def _tiny_study(folder, names=("a", "b")):
     folder.mkdir()
     for i, name in enumerate(names):
         (folder / f"{name}.toml").write_text(
-            f'preset = "shallow"\n[model]\nstem_width = {TINY.stem_width}\nstage_widths = {list(TINY.stage_widths)}\n'
+            f'base = "study"\npreset = "shallow"\n[model]\nstem_width = {TINY.stem_width}\nstage_widths = {list(TINY.stage_widths)}\n'
             f"stage_blocks = {list(TINY.stage_blocks)}\nstage_strides = {list(TINY.stage_strides)}\n"
             f'[experiment]\nname = "{name}"\npaper_accuracy = [{90 + i}]\n'
             f"[data]\ntrain_limit = 128\ntest_limit = 64\n"
@@ -88,7 +88,7 @@ def test_study_resumes_an_interrupted_run(tmp_path, small_cifar):
         raise Stop
 
     with pytest.raises(Stop):
-        train(config, out / "a" / "seed0", data=small_cifar, progress=False, on_epoch_end=stop)
+        train_run(config, out / "a" / "seed0", data=small_cifar, progress=False, on_epoch_end=stop)
     (summary,) = run_study(study, out, epochs=2, data=small_cifar, progress=False)
     rows = (out / "a" / "seed0" / "metrics.jsonl").read_text().splitlines()
     assert summary["epochs"] == 2 and len(rows) == 2
@@ -96,11 +96,11 @@ def test_study_resumes_an_interrupted_run(tmp_path, small_cifar):
         run_study(study, out, epochs=3, data=small_cifar, progress=False)
 
 
-def test_study_from_the_cli(tmp_path, data_dir, capsys):
+def test_study_from_the_cli(tmp_path, synthetic_dir, capsys):
     from resbudget.cli import main
 
     study = _tiny_study(tmp_path / "s", names=("a",))
-    code = main(["study", str(study), "--epochs", "1", "--out", str(tmp_path / "out"), "--data-dir", str(data_dir),
+    code = main(["study", str(study), "--epochs", "1", "--out", str(tmp_path / "out"), "--data-dir", str(synthetic_dir),
                  "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "a" in out and "90" in out and "runs in" in out

@@ -4,22 +4,14 @@ import pytest
 import torch
 
 from resbudget.models import BudgetError
-from resbudget.train import RunFolderError, TrainingError, evaluate_checkpoint, load_config, load_model, train
+from resbudget.train import RunFolderError, TrainingError, evaluate_checkpoint, load_config, load_model, train_run
 from resbudget.train.checkpoint import plain_state_dict, read_weights
 
-from .conftest import TINY
-
-TINY_SETS = [f"model.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in TINY.to_dict().items()
-             if k in ("stem_width", "stage_widths", "stage_blocks", "stage_strides")]
-
-
-def tiny_config(*extra):
-    return load_config("shallow", [*TINY_SETS, "train.epochs=2", "train.batch_size=64", "train.eval_batch_size=128",
-                                   "optim.lr=0.05", *extra])
+from .conftest import TINY, tiny_config
 
 
 def test_run_folder_holds_config_metrics_summary_and_weights(small_cifar, tmp_path):
-    summary = train(tiny_config(), tmp_path / "run", data=small_cifar, progress=False)
+    summary = train_run(tiny_config(), tmp_path / "run", data=small_cifar, progress=False)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["config.toml", "metrics.csv", "metrics.jsonl",
                                                      "model.safetensors", "summary.json"]
@@ -41,14 +33,14 @@ def test_run_folder_holds_config_metrics_summary_and_weights(small_cifar, tmp_pa
 
 
 def test_training_reduces_the_loss(small_cifar, tmp_path):
-    train(tiny_config("train.epochs=4", "data.crop_padding=0", "data.flip=false"), tmp_path / "run",
+    train_run(tiny_config("train.epochs=4", "data.crop_padding=0", "data.flip=false"), tmp_path / "run",
           data=small_cifar, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
 
 
 def test_validation_split_is_carved_from_training(small_cifar, tmp_path):
-    summary = train(tiny_config("data.val_size=100", "schedule.name=plateau", "train.epochs=1"), tmp_path / "run",
+    summary = train_run(tiny_config("data.val_size=100", "schedule.name=plateau", "train.epochs=1"), tmp_path / "run",
                     data=small_cifar, progress=False)
     assert summary["val_accuracy"] is not None and not summary["plateau_watched_test"]
 
@@ -56,7 +48,7 @@ def test_validation_split_is_carved_from_training(small_cifar, tmp_path):
 def test_study_mode_is_flagged_in_every_output(small_cifar, tmp_path, capsys):
     import sys
 
-    summary = train(tiny_config("schedule.name=plateau", "schedule.monitor=test", "train.epochs=1"),
+    summary = train_run(tiny_config("schedule.name=plateau", "schedule.monitor=test", "train.epochs=1"),
                     tmp_path / "run", data=small_cifar, stream=sys.stdout)
     assert summary["plateau_watched_test"] is True and "TEST accuracy" in summary["notes"][0]
     assert "TEST accuracy" in capsys.readouterr().out
@@ -70,17 +62,17 @@ class Interrupt(Exception):
 
 def test_resumed_run_continues_from_its_last_epoch_and_matches(small_cifar, tmp_path):
     config = tiny_config("train.epochs=3", "train.precision=fp32")
-    train(config, tmp_path / "full", data=small_cifar, progress=False)
+    train_run(config, tmp_path / "full", data=small_cifar, progress=False)
 
     def stop_after_two(epoch, _row):
         if epoch == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(config, tmp_path / "cut", data=small_cifar, progress=False, on_epoch_end=stop_after_two)
+        train_run(config, tmp_path / "cut", data=small_cifar, progress=False, on_epoch_end=stop_after_two)
     assert not (tmp_path / "cut" / "summary.json").exists()
     seen = []
-    summary = train(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False,
+    summary = train_run(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False,
                     on_epoch_end=lambda e, r: seen.append(e))
     assert seen == [3]
     rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
@@ -91,36 +83,36 @@ def test_resumed_run_continues_from_its_last_epoch_and_matches(small_cifar, tmp_
         assert torch.allclose(a, b, atol=1e-6), name
     assert summary["test_accuracy"] == json.loads((tmp_path / "full" / "summary.json").read_text())["test_accuracy"]
     # Resuming a finished run changes nothing and returns its summary.
-    assert train(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False) == summary
+    assert train_run(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False) == summary
 
 
 def test_resume_refuses_a_different_config_and_start_refuses_a_used_folder(small_cifar, tmp_path):
-    train(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
+    train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
     with pytest.raises(RunFolderError, match="not empty"):
-        train(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
+        train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
     with pytest.raises(RunFolderError, match="differs from the one stored"):
-        train(tiny_config("train.epochs=5"), tmp_path / "run", resume=True, data=small_cifar, progress=False)
+        train_run(tiny_config("train.epochs=5"), tmp_path / "run", resume=True, data=small_cifar, progress=False)
     with pytest.raises(RunFolderError, match="holds no run"):
-        train(None, tmp_path / "empty", resume=True, data=small_cifar, progress=False)
+        train_run(None, tmp_path / "empty", resume=True, data=small_cifar, progress=False)
 
 
 def test_over_budget_is_refused_unless_allowed(small_cifar, tmp_path):
     config = tiny_config("train.budget=1000", "train.epochs=1")
     with pytest.raises(BudgetError, match="over the budget of 1,000"):
-        train(config, tmp_path / "run", data=small_cifar, progress=False)
+        train_run(config, tmp_path / "run", data=small_cifar, progress=False)
     assert not (tmp_path / "run").exists()
-    summary = train(config, tmp_path / "run", data=small_cifar, progress=False, allow_over_budget=True)
+    summary = train_run(config, tmp_path / "run", data=small_cifar, progress=False, allow_over_budget=True)
     assert summary["over_budget"] is True
 
 
 def test_diverging_loss_stops_with_an_error(small_cifar, tmp_path):
     with pytest.raises(TrainingError, match="lower optim.lr"):
-        train(tiny_config("optim.lr=1e30", "train.epochs=1", "train.precision=fp32"), tmp_path / "run",
+        train_run(tiny_config("optim.lr=1e30", "train.epochs=1", "train.precision=fp32"), tmp_path / "run",
               data=small_cifar, progress=False)
 
 
 def test_weights_have_plain_names_and_a_spec(small_cifar, tmp_path):
-    train(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
+    train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
     spec, tensors, meta = read_weights(tmp_path / "run" / "model.safetensors")
     assert spec.stage_widths == TINY.stage_widths
     assert all(not k.startswith(("module.", "_orig_mod.")) for k in tensors)

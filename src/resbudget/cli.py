@@ -44,7 +44,7 @@ def _spec_from(arg: str, overrides: list[str]):
                 spec = ModelSpec.from_dict(data)
             except (SpecError, TypeError) as e:
                 raise ConfigError(f"{path}: {e}") from None
-            return load_config({"model": spec.to_dict()}, overrides).model
+            return load_config({"base": "study", "model": spec.to_dict()}, overrides).model
     return load_config(arg, overrides).model
 
 

@@ -21,6 +21,7 @@ from .cifar10 import (
                       stratified_split,
 )
 from .download import download_cifar10
+from .synthetic import synthetic_cifar10
 
 __all__ = [
                       "BINARY",
@@ -50,4 +51,5 @@ __all__ = [
                       "random_rotate",
                       "resolve_data_dir",
                       "stratified_split",
+                      "synthetic_cifar10",
 ]

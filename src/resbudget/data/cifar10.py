@@ -45,48 +45,37 @@ class Format:
     name: str
     folder: str
     archive: str
-    url: str
     archive_md5: str
     archive_size: int
     train_files: tuple[FileCheck, ...]
     test_files: tuple[FileCheck, ...]
 
+    @property
+    def url(self) -> str:
+        return f"https://www.cs.toronto.edu/~kriz/{self.archive}"
 
-_BIN_SIZE = 10_000 * RECORD_BYTES
-BINARY = Format(
-    name="binary",
-    folder="cifar-10-batches-bin",
-    archive="cifar-10-binary.tar.gz",
-    url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    archive_md5="c32a1d4ab5d03f1284b67883e8d87530",
-    archive_size=170_052_171,
-    train_files=(
-        FileCheck("data_batch_1.bin", "sha256", "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5", _BIN_SIZE),
-        FileCheck("data_batch_2.bin", "sha256", "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed", _BIN_SIZE),
-        FileCheck("data_batch_3.bin", "sha256", "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67", _BIN_SIZE),
-        FileCheck("data_batch_4.bin", "sha256", "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48", _BIN_SIZE),
-        FileCheck("data_batch_5.bin", "sha256", "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add", _BIN_SIZE),
-    ),
-    test_files=(
-        FileCheck("test_batch.bin", "sha256", "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b", _BIN_SIZE),
-    ),
-)
-PYTHON = Format(
-    name="python",
-    folder="cifar-10-batches-py",
-    archive="cifar-10-python.tar.gz",
-    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    archive_md5="c58f30108f718f92721af3b95e74349a",
-    archive_size=170_498_071,
-    train_files=(
-        FileCheck("data_batch_1", "md5", "c99cafc152244af753f735de768cd75f"),
-        FileCheck("data_batch_2", "md5", "d4bba439e000b95fd0a9bffe97cbabec"),
-        FileCheck("data_batch_3", "md5", "54ebc095f3ab1f0389bbae665268c751"),
-        FileCheck("data_batch_4", "md5", "634d18415352ddfa80567beed471001a"),
-        FileCheck("data_batch_5", "md5", "482c414d41f54cd18b22e5b47cb7c3cb"),
-    ),
-    test_files=(FileCheck("test_batch", "md5", "40351d587109b95175f43aff81a1287e"),),
-)
+
+def _bin(name: str, sha256: str) -> FileCheck:
+    return FileCheck(f"{name}.bin", "sha256", sha256, 10_000 * RECORD_BYTES)
+
+
+BINARY = Format("binary", "cifar-10-batches-bin", "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530",
+                170_052_171, (
+                    _bin("data_batch_1", "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5"),
+                    _bin("data_batch_2", "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed"),
+                    _bin("data_batch_3", "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67"),
+                    _bin("data_batch_4", "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48"),
+                    _bin("data_batch_5", "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add")),
+                (_bin("test_batch", "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b"),))
+# The python version's pickles have no fixed size; their md5 is what the CIFAR-10 page publishes.
+PYTHON = Format("python", "cifar-10-batches-py", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                170_498_071, (
+                    FileCheck("data_batch_1", "md5", "c99cafc152244af753f735de768cd75f"),
+                    FileCheck("data_batch_2", "md5", "d4bba439e000b95fd0a9bffe97cbabec"),
+                    FileCheck("data_batch_3", "md5", "54ebc095f3ab1f0389bbae665268c751"),
+                    FileCheck("data_batch_4", "md5", "634d18415352ddfa80567beed471001a"),
+                    FileCheck("data_batch_5", "md5", "482c414d41f54cd18b22e5b47cb7c3cb")),
+                (FileCheck("test_batch", "md5", "40351d587109b95175f43aff81a1287e"),))
 FORMATS = (BINARY, PYTHON)
 
 

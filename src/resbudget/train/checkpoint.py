@@ -45,16 +45,20 @@ def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, ext
         save_file(plain_state_dict(model), str(tmp), metadata=metadata)
 
 
-def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, str]]:
-    path = Path(path)
+def _read(path: Path, missing: str, unreadable: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; a missing or malformed one raises ``CheckpointError``."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: {missing}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: {unreadable} ({type(e).__name__}: {e})") from None
+
+
+def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    metadata, tensors = _read(path, "no such checkpoint file", "not a readable safetensors file")
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise CheckpointError(f"{path}: not a resbudget checkpoint (no model spec in its metadata)")
     return ModelSpec.from_dict(json.loads(metadata["spec"])), tensors, metadata
@@ -111,12 +115,8 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no training state to resume from")
+    metadata, tensors = _read(path, "no training state to resume from", "unreadable training state")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
         return _unflatten(json.loads(metadata["structure"]), tensors)
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None

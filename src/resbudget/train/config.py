@@ -150,11 +150,12 @@ class Config:
                 "schedule 'plateau' watches validation accuracy but data.val_size is 0: set data.val_size "
                 "(e.g. 5000), or schedule.monitor='test' to reproduce the study, which watched the test set"
             )
+        d = self.data
         for name, value, low in (("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
                                  ("train.eval_batch_size", t.eval_batch_size, 1), ("train.budget", t.budget, 1),
-                                 ("data.val_size", self.data.val_size, 0), ("data.crop_padding", self.data.crop_padding, 0),
-                                 ("data.cutout", self.data.cutout, 0), ("data.train_limit", self.data.train_limit, 0),
-                                 ("data.test_limit", self.data.test_limit, 0), ("schedule.patience", s.patience, 0),
+                                 ("data.val_size", d.val_size, 0), ("data.crop_padding", d.crop_padding, 0),
+                                 ("data.cutout", d.cutout, 0), ("data.train_limit", d.train_limit, 0),
+                                 ("data.test_limit", d.test_limit, 0), ("schedule.patience", s.patience, 0),
                                  ("train.stem_bias_epochs", t.stem_bias_epochs, 0)):
             if value < low:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")

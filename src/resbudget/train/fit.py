@@ -1,4 +1,5 @@
-"""The epoch and step loop: fetch batch -> augment on device -> forward under autocast -> loss -> backward -> step -> lr.
+"""The epoch and step loop: fetch batch -> augment on device -> forward under autocast -> loss -> backward -> step
+-> lr.
 
 :func:`fit` knows nothing of run folders, files or evaluation sets: it gets a prepared net, the training images on
 the net's device and a :class:`TrainingState`, and after each epoch hands a row of numbers to its two callbacks.
@@ -76,7 +77,8 @@ def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
         show: Progress) -> dict[str, Any] | None:
     """Train ``model`` from ``state.epoch`` to ``train.epochs`` on ``train`` (on the model's device), updating
     ``state``. After each epoch: ``evaluate_epoch(epochs done)`` adds its held-out numbers to the epoch's row, the
-    schedule sees the monitored accuracy, then ``end_epoch(state, row)`` (logging, checkpoints). Returns the last row."""
+    schedule sees the monitored accuracy, then ``end_epoch(state, row)`` (logging, checkpoints). Returns the last
+    row (None if no epoch was left to run)."""
     t, device = config.train, train.images.device
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train), t.batch_size
