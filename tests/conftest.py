@@ -79,15 +79,13 @@ def write_binary_version(cifar, folder: Path, train_files: int = 5) -> None:
     (folder / "test_batch.bin").write_bytes(records(cifar.test))
 
 
-@pytest.fixture
-def synthetic_dir(tmp_path, monkeypatch, small_cifar) -> Path:
-    """A folder holding the synthetic set in the binary version's layout, which ``load_cifar10`` (and so every
-    command's ``--data-dir``) accepts for this test: the expected checksums and counts become the synthetic files'."""
-    from resbudget.data import BINARY, FileCheck, load_cifar10
+def use_synthetic_files(root: Path, n_train: int, n_test: int) -> dict:
+    """The keyword defaults that make ``load_cifar10`` accept the synthetic files under ``root`` (written by
+    :func:`write_binary_version`): their own checksums and counts instead of the official ones. For a test process
+    (through monkeypatch) or a child process a test starts (``python -c``)."""
+    from resbudget.data import BINARY, FileCheck
 
-    root = tmp_path / "synthetic-cifar10"
     folder = root / BINARY.folder
-    write_binary_version(small_cifar, folder)
 
     def check(name):
         data = (folder / name).read_bytes()
@@ -95,6 +93,28 @@ def synthetic_dir(tmp_path, monkeypatch, small_cifar) -> Path:
 
     fmt = dataclasses.replace(BINARY, train_files=tuple(check(c.name) for c in BINARY.train_files),
                               test_files=(check("test_batch.bin"),))
-    monkeypatch.setattr(load_cifar10, "__kwdefaults__", {
-        "formats": {"binary": fmt}, "expected_counts": (len(small_cifar.train) // 5 * 5, len(small_cifar.test))})
+    return {"formats": {"binary": fmt}, "expected_counts": (n_train, n_test)}
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path, monkeypatch, small_cifar) -> Path:
+    """A folder holding the synthetic set in the binary version's layout, which ``load_cifar10`` (and so every
+    command's ``--data-dir``) accepts for this test: the expected checksums and counts become the synthetic files'."""
+    from resbudget.data import BINARY, load_cifar10
+
+    root = tmp_path / "synthetic-cifar10"
+    write_binary_version(small_cifar, root / BINARY.folder)
+    monkeypatch.setattr(load_cifar10, "__kwdefaults__",
+                        use_synthetic_files(root, len(small_cifar.train) // 5 * 5, len(small_cifar.test)))
     return root
+
+
+def cli_in_child(root: Path, n_train: int, n_test: int, argv: list[str]) -> list[str]:
+    """The command line of a child process that runs ``resbudget ARGV`` on the synthetic files under ``root``."""
+    import sys
+
+    code = ("import sys; from tests.conftest import use_synthetic_files; from resbudget.data import load_cifar10; "
+            "from resbudget.cli import main; from pathlib import Path; "
+            f"load_cifar10.__kwdefaults__ = use_synthetic_files(Path({str(root)!r}), {n_train}, {n_test}); "
+            f"sys.exit(main({argv!r}))")
+    return [sys.executable, "-c", code]

@@ -52,17 +52,19 @@ def test_errors_exit_nonzero_with_a_message(capsys, argv, message):
     assert message in err
 
 
-def test_train_then_eval(capsys, tmp_path, data_dir):
+def test_train_then_eval(capsys, tmp_path, synthetic_dir):
     out_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", "shallow", *SET_TINY, "--set", "train.epochs=1", "--set",
-                         "data.train_limit=256", "--set", "data.test_limit=200", "--set", "train.batch_size=64",
-                         "--data-dir", str(data_dir), "--out", str(out_dir), "--json")
+                         "data.train_limit=256", "--set", "train.batch_size=64",
+                         "--data-dir", str(synthetic_dir), "--out", str(out_dir), "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["epochs"] == 1 and "epoch 1/1" in err
-    code, out, _ = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir), "--json")
+    assert summary["data_source"].startswith(str(synthetic_dir)) and len(summary["data_checksums"]) == 6
+    assert "data_dir" not in (out_dir / "config.toml").read_text()  # where the data lies is not the experiment
+    code, out, _ = run(capsys, "eval", str(out_dir), "--data-dir", str(synthetic_dir), "--json")
     result = json.loads(out)
-    assert code == 0 and {"test_accuracy", "test_loss"} <= set(result) and result["images"] == 10_000
+    assert code == 0 and {"test_accuracy", "test_loss"} <= set(result) and result["images"] == 256
 
 
 def test_a_run_folder_from_before_the_removals_resumes(capsys, tmp_path, synthetic_dir, small_cifar):

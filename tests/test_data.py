@@ -73,7 +73,7 @@ def test_missing_folder_says_where_it_looked_and_how_to_get_data(tmp_path):
     with pytest.raises(DataError) as e:
         load_cifar10(tmp_path / "nowhere")
     msg = str(e.value)
-    assert str(tmp_path / "nowhere" / "cifar-10-batches-bin") in msg
+    assert f"not found in {tmp_path / 'nowhere'}: " in msg and "cifar-10-batches-bin/" in msg and "\n" not in msg
     assert "--download" in msg and "RESBUDGET_DATA_DIR" in msg
 
 
@@ -275,7 +275,7 @@ def test_download_with_wrong_checksum_leaves_nothing(cifar, local_server, tmp_pa
     dest = tmp_path / "data"
     with pytest.raises(DataError, match="md5 mismatch: expected 0{32}"):
         download_cifar10(dest, url=f"{url}/small.tar.gz", expected_md5="0" * 32)
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()  # not even the folder it created
 
 
 def test_download_failure_leaves_nothing_and_keeps_existing_files(local_server, tmp_path):
@@ -283,7 +283,8 @@ def test_download_failure_leaves_nothing_and_keeps_existing_files(local_server, 
     dest = tmp_path / "data"
     with pytest.raises(DataError, match="404"):
         download_cifar10(dest, url=f"{url}/missing.tar.gz", expected_md5="0" * 32)
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()
+    dest.mkdir()
     (dest / "cifar-10-binary.tar.gz").write_bytes(b"the user's own file")
     with pytest.raises(DataError, match="not overwritten"):
         download_cifar10(dest, url=f"{url}/missing.tar.gz", expected_md5="0" * 32)
@@ -308,3 +309,21 @@ def test_stratified_split_with_uneven_size():
     assert class_counts(labels[val], 3) == [3, 2, 0] or class_counts(labels[val], 3) == [3, 1, 1]
     with pytest.raises(ValueError, match="val_size must be between 1 and 9"):
         stratified_split(labels, 10, seed=0)
+
+
+# --- end to end on the real files ----------------------------------------------------------------------------------
+def test_a_short_run_on_real_images_from_the_command_line(data_dir, tmp_path, capsys):
+    import json
+
+    from resbudget.cli import main
+
+    from .conftest import TINY_SETS
+
+    argv = ["train", "shallow", *[a for s in TINY_SETS for a in ("--set", s)], "--set", "train.epochs=1", "--set",
+            "data.train_limit=256", "--set", "data.test_limit=200", "--set", "train.batch_size=64",
+            "--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--json", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["data_checksums"]["test_batch.bin"] == f"sha256:{BINARY.test_files[0].digest}"
+    assert main(["eval", str(tmp_path / "run"), "--data-dir", str(data_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 10_000

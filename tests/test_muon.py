@@ -118,9 +118,9 @@ def test_single_block_is_conv_bn_act_plus_the_input():
 
 @pytest.mark.parametrize("change, message", [
     ({"stage_strides": (2, 2, 2, 2, 2)}, "shrinks to nothing"),
-    ({"activation": "tanh"}, "activation must be one of"),
+    ({"activation": "tanh"}, "model.activation: .tanh. is not allowed"),
     ({"logit_scale": 0.0}, "logit_scale must be a number"),
-    ({"block": "bottleneck"}, "block must be one of"),
+    ({"block": "bottleneck"}, "model.block: .bottleneck. is not allowed"),
     ({"stem_kernel": 40}, "stem_kernel"),
 ])
 def test_bad_airres_spec_is_rejected(change, message):

@@ -19,9 +19,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         yield tmp_path
+        # mkstemp makes 0600, and some writers (safetensors) replace the file with their own 0600 one: the final file
+        # gets the usual permissions, as every other file written here
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -49,5 +51,9 @@ def read_toml(path: str | os.PathLike, error: type[Exception] = ValueError) -> d
         raise error(f"{path} does not exist") from None
     except IsADirectoryError:
         raise error(f"{path} is a folder, not a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not UTF-8 text, so not a TOML file ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise error(f"{path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read it ({e.strerror or e})") from None

@@ -90,9 +90,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .ensemble import is_ensemble, load_ensemble
     from .train import evaluate_checkpoint
 
-    model = load_ensemble(args.checkpoint) if is_ensemble(args.checkpoint) else None
+    limits = dict(budget=args.budget, allow_over_budget=args.allow_over_budget)
+    model = load_ensemble(args.checkpoint, **limits) if is_ensemble(args.checkpoint) else None
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
-                                 precision=args.precision, model=model)
+                                 precision=args.precision, model=model, **limits)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -154,7 +155,8 @@ def cmd_ensemble_train(args: argparse.Namespace) -> int:
 def cmd_ensemble_eval(args: argparse.Namespace) -> int:
     from .ensemble import evaluate_ensemble
 
-    r = evaluate_ensemble(args.folder, data_dir=args.data_dir, device=args.device, precision=args.precision)
+    r = evaluate_ensemble(args.folder, data_dir=args.data_dir, device=args.device, precision=args.precision,
+                          budget=args.budget, allow_over_budget=args.allow_over_budget)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -166,6 +168,17 @@ def cmd_ensemble_eval(args: argparse.Namespace) -> int:
     print(f"  {'oracle':<14} {100 * r['oracle']:6.2f}%   (any member right)")
     print(f"  mean pairwise disagreement {100 * r['mean_disagreement']:.2f}%")
     return 0
+
+
+def _add_eval_flags(s: argparse.ArgumentParser, budget_help: str, func) -> None:  # noqa: ANN001
+    s.add_argument("--budget", type=int, default=5_000_000, help=f"parameter budget (default 5,000,000): {budget_help}")
+    s.add_argument("--allow-over-budget", action="store_true",
+                   help="load nets above --budget (a hard ceiling on size still holds)")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,19 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = ens_sub.add_parser("eval", help="each member, each combination rule, the oracle and the disagreement")
     s.add_argument("folder", metavar="DIR", help="an ensemble folder (ensemble.json + memberN.safetensors)")
-    s.add_argument("--data-dir", metavar="DIR")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_ensemble_eval)
+    _add_eval_flags(s, "for all members together (each within budget/K)", cmd_ensemble_eval)
 
     s = sub.add_parser("eval", help="test accuracy of a run folder, checkpoint or ensemble folder")
     s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|ENSEMBLE_DIR")
-    s.add_argument("--data-dir", metavar="DIR")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_eval)
+    _add_eval_flags(s, "a checkpoint (or an ensemble's members together) above it is refused", cmd_eval)
     return p
 
 

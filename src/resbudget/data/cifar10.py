@@ -191,24 +191,20 @@ class Located:
 def locate(data_dir: str | os.PathLike | None = None) -> Located:
     """Find one official distribution at ``data_dir`` (see :func:`resolve_data_dir`), or say where we looked."""
     root = resolve_data_dir(data_dir)
-    candidates: list[Path] = []
     for fmt in FORMATS:
         if root.is_file() and root.name == fmt.archive:
             return Located(fmt, root, True)
     for fmt in FORMATS:
         for folder in (root, root / fmt.folder):
-            candidates.append(folder)
             if (folder / fmt.train_files[0].name).exists() or (folder / fmt.test_files[0].name).exists():
                 return Located(fmt, folder, False)
         archive = root / fmt.archive
-        candidates.append(archive)
         if archive.is_file():
             return Located(fmt, archive, True)
-    looked = "\n  ".join(str(c) for c in dict.fromkeys(candidates))
     raise DataError(
-        f"CIFAR-10 not found. Looked for the binary or python version in:\n  {looked}\n"
-        f"Point --data-dir (or ${ENV_VAR}) at the folder holding cifar-10-batches-bin/, cifar-10-batches-py/ or "
-        f"their .tar.gz archive, or pass --download to fetch {BINARY.url} into {root}."
+        f"CIFAR-10 not found in {root}: looked for the batch files there and for cifar-10-batches-bin/, "
+        f"cifar-10-batches-py/ or their .tar.gz archive in it; point --data-dir (or ${ENV_VAR}) at the folder "
+        f"holding one of them, or pass --download to fetch {BINARY.url} into it"
     )
 
 
@@ -218,9 +214,14 @@ def _read_members(located: Located, names: list[str]) -> dict[str, bytes]:
     if not located.is_archive:
         for name in names:
             path = located.path / name
-            if not path.is_file():
-                raise DataError(f"{path}: missing (the {located.fmt.name} version needs {', '.join(names)})")
-            out[name] = path.read_bytes()
+            try:
+                out[name] = path.read_bytes()
+            except FileNotFoundError:
+                raise DataError(f"{path}: missing (the {located.fmt.name} version needs {', '.join(names)})") from None
+            except IsADirectoryError:
+                raise DataError(f"{path}: is a folder, not a batch file") from None
+            except OSError as e:  # a symbolic link loop, no permission, an I/O error
+                raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
         return out
     verify_archive(located.path, located.fmt)
     with tarfile.open(located.path, "r:gz") as tar:

@@ -38,6 +38,7 @@ def download_cifar10(
         )
     source = url or fmt.url
     md5 = hashlib.md5()
+    missing = [p for p in (root, *root.parents) if not p.exists()]  # the folders a failure must not leave behind
     try:
         with atomic_path(target) as tmp, urllib.request.urlopen(source, timeout=timeout) as response, \
                 open(tmp, "wb") as out:
@@ -51,8 +52,21 @@ def download_cifar10(
                     f"({tmp.stat().st_size:,} bytes); nothing was written"
                 )
     except (urllib.error.URLError, OSError) as e:
+        _remove_empty(missing)
         raise DataError(f"download from {source} failed: {e}; nothing was written") from None
+    except BaseException:
+        _remove_empty(missing)
+        raise
     return target
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 __all__ = ["download_cifar10"]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..data import CIFAR10, load_cifar10
-from ..models import count_params
+from ..models import DEFAULT_BUDGET, count_params
 from ..train.evaluate import batched_outputs, select_device
 from .combine import ensemble_metrics
 from .model import load_ensemble
@@ -16,8 +16,9 @@ from .model import load_ensemble
 
 @torch.no_grad()
 def evaluate_ensemble(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                      batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None) -> dict[str, Any]:
-    ens = load_ensemble(folder)
+                      batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None,
+                      budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False) -> dict[str, Any]:
+    ens = load_ensemble(folder, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
     ens = ens.to(dev).to(memory_format=torch.channels_last)
     test = (data if data is not None else load_cifar10(data_dir)).test.to(dev)

@@ -71,10 +71,11 @@ def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, 
             print(f"member {i + 1}/{members} (seed {seed}) -> {run_dir}", file=stream, flush=True)
         resume = (run_dir / "config.toml").is_file()
         runs.append(train_run(member_config, run_dir, resume=resume, data=data, progress=progress, stream=stream))
-    models = [load_model(out / "members" / f"member{i}")[0] for i in range(members)]
+    # the budget was checked before training; the members' files are checked again as they load
+    models = [load_model(out / "members" / f"member{i}", allow_over_budget=True)[0] for i in range(members)]
     save_ensemble(out, models, specs, extra={"budget": budget, "seeds": seeds, "member_params": counts,
                                              "mode": "sequential"})
-    result = evaluate_ensemble(out, data=data, device=config.train.device)
+    result = evaluate_ensemble(out, data=data, device=config.train.device, budget=budget)
     summary = {**result, "budget": budget, "seeds": seeds, "mode": "sequential",
                "member_wall_seconds": [r["wall_seconds"] for r in runs],
                "wall_seconds": round(time.perf_counter() - start, 2)}

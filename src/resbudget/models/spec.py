@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +11,7 @@ from typing import Any, Literal
 import tomli_w
 
 from .._io import read_toml
+from .._types import coerce, key_text
 
 ShortcutKind = Literal["conv1x1", "conv3x3", "identity"]
 SHORTCUT_KINDS: tuple[str, ...] = ("conv1x1", "conv3x3", "identity")
@@ -129,17 +129,18 @@ class ModelSpec:
                 for v in [getattr(self, f.name)]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], coerce: Callable[[Any, Any, str], Any] | None = None) -> ModelSpec:
-        """The spec of plain data; ``coerce(value, type hint, key)`` checks and converts each value first."""
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """The spec of plain data (a TOML table, JSON metadata): every key known and every value of its type, or a
+        ``SpecError`` that names it."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a model spec must be a table of fields, got {type(data).__name__}")
         data = _drop_stem_padding(data)
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
+        unknown = sorted(set(data) - set(names), key=str)
         if unknown:
-            raise SpecError(f"unknown key model.{unknown[0]}; allowed in [model]: {', '.join(names)}")
-        if coerce is not None:
-            hints = typing.get_type_hints(cls)
-            data = {k: coerce(v, hints[k], k) for k, v in data.items()}
-        return cls(**data)
+            raise SpecError(f"unknown key model.{key_text(unknown[0])}; allowed in [model]: {', '.join(names)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: coerce(v, hints[k], f"model.{k}", SpecError) for k, v in data.items()})
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())

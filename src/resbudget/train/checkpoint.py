@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import atomic_path
-from ..models import ModelSpec, build_model
+from ..models import DEFAULT_BUDGET, ModelSpec, ResNet, SpecError, build_model, check_spec
 
 FORMAT = "resbudget-weights-v1"
 _PREFIXES = ("_orig_mod.", "module.")
@@ -57,24 +57,53 @@ def _read(path: Path, missing: str, unreadable: str) -> tuple[dict[str, str], di
 
 
 def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, str]]:
+    """(spec, tensors, metadata) of a weights file, the spec checked for its form (not yet for its size)."""
     path = Path(path)
     metadata, tensors = _read(path, "no such checkpoint file", "not a readable safetensors file")
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise CheckpointError(f"{path}: not a resbudget checkpoint (no model spec in its metadata)")
-    return ModelSpec.from_dict(json.loads(metadata["spec"])), tensors, metadata
+    try:
+        data = json.loads(metadata["spec"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the model spec in its metadata is not valid JSON ({e})") from None
+    try:
+        return ModelSpec.from_dict(data), tensors, metadata
+    except SpecError as e:
+        raise CheckpointError(f"{path}: the model spec in its metadata is not valid: {e}") from None
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
-    """A run folder (its model.safetensors) or a .safetensors file -> the model in eval mode, and its spec."""
+def model_from_weights(spec: ModelSpec, tensors: dict[str, torch.Tensor], path: Path, *,
+                       budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False) -> ResNet:
+    """The net of ``spec`` with ``tensors`` loaded, in eval mode: the spec's size is checked from the spec alone
+    (``check_spec``) and every tensor's name and shape against it before anything is allocated."""
+    check_spec(spec, budget, allow_over_budget, what=f"the net of {path}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the spec (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]})")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {list(tensors[name].shape)}, the spec needs "
+                                  f"{list(shape)}")
+        if tensors[name].dtype.is_complex or (tensors[name].dtype == torch.bool):
+            raise CheckpointError(f"{path}: tensor {name} is {tensors[name].dtype}, not a number type for weights")
+    model = build_model(spec)
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, *, budget: int = DEFAULT_BUDGET,
+               allow_over_budget: bool = False) -> tuple[ResNet, ModelSpec]:
+    """A run folder (its model.safetensors) or a .safetensors file -> the model in eval mode, and its spec. The file
+    is untrusted: see :func:`model_from_weights`."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
     spec, tensors, _ = read_weights(path)
-    model = build_model(spec)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the spec (missing {missing}, unexpected {unexpected})")
-    return model.eval(), spec
+    return model_from_weights(spec, tensors, path, budget=budget, allow_over_budget=allow_over_budget), spec
 
 
 # --- training state -------------------------------------------------------------------------------------------------

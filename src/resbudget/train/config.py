@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import math
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import tomli_w
 
 from .._io import read_toml
+from .._types import coerce, key_text
 from ..models import ModelSpec, SpecError, get_preset
 from ..models.budget import DEFAULT_BUDGET
 
@@ -187,59 +187,13 @@ class Config:
 
 
 # --- typed construction ----------------------------------------------------------------------------------------------
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(hint))
-    if typing.get_origin(hint) is tuple:
-        return f"list of {typing.get_args(hint)[0].__name__}"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
-        return value
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}")
-        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: {value!r} is not a {_type_name(hint)}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - a bug in the dataclasses
-
-
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(f"unknown key {prefix}.{unknown[0]}; allowed in [{prefix}]: {', '.join(names)}")
-    return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in data.items()})
+        raise ConfigError(f"unknown key {prefix}.{key_text(unknown[0])}; allowed in [{prefix}]: {', '.join(names)}")
+    return cls(**{k: coerce(v, hints[k], f"{prefix}.{k}", ConfigError) for k, v in data.items()})
 
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
@@ -314,7 +268,7 @@ def _resolve(layer: dict[str, Any], where: Path | None, seen: tuple[Path, ...] =
 
 def _build_config(data: dict[str, Any]) -> Config:
     try:
-        spec = ModelSpec.from_dict(data["model"], coerce=lambda value, hint, key: _coerce(value, hint, f"model.{key}"))
+        spec = ModelSpec.from_dict(data["model"])
     except SpecError as e:
         raise ConfigError(f"model: {e}") from None
     sections = {name: _build(cls, data[name], name) for name, cls in _SECTIONS.items()}

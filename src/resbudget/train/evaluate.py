@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import CIFAR10, Split, load_cifar10, normalize
-from ..models import count_params
+from ..models import DEFAULT_BUDGET, count_params
 from .checkpoint import load_model
 from .config import STUDY_MODE_NOTE, ConfigError
 from .tta import tta_view_logits
@@ -82,11 +82,13 @@ def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: i
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
                         batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None,
-                        model: nn.Module | None = None) -> dict[str, Any]:
+                        model: nn.Module | None = None, budget: int = DEFAULT_BUDGET,
+                        allow_over_budget: bool = False) -> dict[str, Any]:
     """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
-    already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities)."""
+    already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities). A checkpoint over
+    ``budget`` parameters is refused unless ``allow_over_budget``."""
     if model is None:
-        model, _ = load_model(path)
+        model, _ = load_model(path, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last)
     data = data if data is not None else load_cifar10(data_dir)

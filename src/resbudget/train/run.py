@@ -8,12 +8,14 @@ the end, ``summary.json``. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,7 +23,7 @@ import torch
 
 from .._io import read_toml, write_text
 from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
-from ..models import ResNet, build_model, check_budget, count_params, summarize
+from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
 from .checkpoint import load_state, save_state, save_weights
@@ -29,6 +31,11 @@ from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, conf
 from .evaluate import evaluate, select_device
 from .fit import TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX (Windows): run folders are not locked there
+    fcntl = None
 
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening filters
 
@@ -46,10 +53,9 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> tuple[Config, dict[str, Any] | None]:
-    """(the run's config, its saved training state or None). A new run needs an empty or absent folder; ``resume``
-    reads the folder's own config (a given ``config`` must equal it)."""
-    state_path = out_dir / "state.safetensors"
+def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> Config:
+    """The run's config. A new run needs an empty or absent folder; ``resume`` reads the folder's own config (a given
+    ``config`` must equal it). Nothing is written: :func:`hold_run_folder` takes the folder."""
     if resume:
         cfg_path = out_dir / "config.toml"
         if not cfg_path.is_file():
@@ -63,15 +69,61 @@ def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> tuple
                 f"--resume: the given config differs from the one stored in {cfg_path}; resume without a config "
                 "argument, or start a new run in another --out folder"
             )
-        return stored, (load_state(state_path) if state_path.is_file() else None)
+        return stored
     if config is None:
         raise ConfigError("a config is needed to start a run")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"{out_dir} is not a folder; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunFolderError(
             f"{out_dir} is not empty; pass --resume to continue the run in it, or choose another --out folder "
             "(nothing in it is overwritten)"
         )
-    return config, None
+    return config
+
+
+@contextlib.contextmanager
+def hold_run_folder(out_dir: Path, resume: bool) -> Iterator[None]:
+    """Create ``out_dir`` if needed and hold it for the whole run: an exclusive lock on the folder (``flock``, which
+    the kernel releases when the process ends, however it ends), taken before any data is loaded. A second run into
+    the folder, or a ``--resume`` while it runs, is refused; so is a folder that cannot be written. Under the lock a
+    new run checks again that the folder is empty, and a resumed one removes the temporary files a killed run left.
+    If the run fails before writing anything, a folder it created is removed again."""
+    try:
+        out_dir.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False
+    except OSError as e:
+        raise RunFolderError(f"{out_dir}: cannot create the run folder ({e.strerror or e})") from None
+    if not out_dir.is_dir():
+        raise RunFolderError(f"{out_dir} is not a folder")
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(f"{out_dir} is in use by another resbudget run; wait for it to end, or choose "
+                                     "another --out folder") from None
+        try:
+            with tempfile.TemporaryFile(dir=out_dir):
+                pass
+        except OSError as e:
+            raise RunFolderError(f"{out_dir}: cannot write to the run folder ({e.strerror or e})") from None
+        if not resume and any(out_dir.iterdir()):
+            raise RunFolderError(f"{out_dir} is not empty; pass --resume to continue the run in it, or choose "
+                                 "another --out folder (nothing in it is overwritten)")
+        for leftover in out_dir.glob(".*.tmp"):  # atomic writes cut short by a killed run
+            leftover.unlink(missing_ok=True)
+        try:
+            yield
+        except BaseException:
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            raise
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def prepare_splits(config: Config, data: CIFAR10, device: torch.device) -> tuple[Split, Split | None, Split]:
@@ -140,26 +192,35 @@ def train_run(
     cache folder), verified. ``resume``: continue the run in ``out_dir`` from its last finished epoch."""
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    config, saved = open_run_folder(out_dir, config, resume)
+    config = open_run_folder(out_dir, config, resume)
     t = config.train
     show = Progress(t.epochs, stream=stream, enabled=progress)
-    if resume and saved is None and (out_dir / "summary.json").is_file():
-        show.message(f"{out_dir} is already finished ({t.epochs} epochs); nothing to resume")
-        return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     device = select_device(t.device)
+    params = check_spec(config.model, t.budget, allow_over_budget)  # from the spec alone, before anything is built
+    with hold_run_folder(out_dir, resume):
+        state_path = out_dir / "state.safetensors"
+        if resume and not state_path.is_file() and (out_dir / "summary.json").is_file():
+            show.message(f"{out_dir} is already finished ({t.epochs} epochs); nothing to resume")
+            return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        saved = load_state(state_path) if resume and state_path.is_file() else None
+        return _train_in_folder(config, out_dir, saved, params, device, data if data is not None else data_dir,
+                                show, on_epoch_end, wall_start)
+
+
+def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None, params: int, device: torch.device,
+                     data: CIFAR10 | str | os.PathLike | None, show: Progress,
+                     on_epoch_end: Callable[[int, dict[str, Any]], None] | None, wall_start: float) -> dict[str, Any]:
+    """The run itself, in a folder held by :func:`hold_run_folder`: ``data`` loaded or where to load it from."""
+    t = config.train
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes (the partial batch is dropped): tune once
-
     model = initial_model(config)
-    params, model_summary = count_params(model), summarize(config.model, model)
-    if not allow_over_budget:
-        check_budget(params, t.budget)
-    data = data if data is not None else load_cifar10(data_dir)
+    model_summary = summarize(config.model, model)
+    data = data if isinstance(data, CIFAR10) else load_cifar10(data)
     train, val, test = prepare_splits(config, data, device)
     if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
         whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if saved is None and not (out_dir / "config.toml").is_file():
         write_text(out_dir / "config.toml", config_to_toml(config))
     for w in model_summary.warnings:
         show.message(f"warning: {w}")
