@@ -83,3 +83,16 @@ def test_cutout_zeroes_one_square(size):
     assert zeros.max() == size * size  # a square fully inside the image
     assert (zeros <= size * size).all() and (zeros > 0).all()
     assert torch.equal(y[:, 0] == 0, y[:, 2] == 0)  # same square on every channel
+
+
+def test_pixel_noise_has_a_per_image_sigma_up_to_its_bound():
+    from resbudget.data import STD
+    from resbudget.data.augment import add_noise
+
+    x = torch.zeros(4000, 3, 8, 8)
+    assert add_noise(x, 0.0, gen()) is x  # off: no random numbers drawn either
+    y = add_noise(x, 0.1, gen()) * torch.tensor(STD).view(1, 3, 1, 1)  # back on the 0-1 pixel scale
+    sigmas = y.flatten(1).std(1)
+    assert sigmas.max() <= 0.1 * 1.15 and sigmas.min() < 0.01  # each image's own sigma, from 0 to 0.1
+    assert sigmas.mean().item() == pytest.approx(0.05, abs=0.005)
+    assert torch.equal(add_noise(x, 0.1, gen()), add_noise(x, 0.1, gen()))  # seeded

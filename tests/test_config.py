@@ -175,6 +175,8 @@ BEFORE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs_1c09d75.jso
 # deleted since 1c09d75, with the value under which each did nothing (every file above had it)
 DELETED = {("train", "tune_allocator"): False, ("train", "compile"): False, ("data", "small_crop"): 0,
            ("data", "small_crop_epochs"): 0, ("data", "data_dir"): "", ("model", "stem_padding"): "auto"}
+# added since 1c09d75, with the value that does what the code did before the key existed
+ADDED = {("train", "whiten_eps"): 5e-4, ("data", "noise"): 0.0}
 
 
 @pytest.mark.parametrize("name", ["default", *CONFIG_FILES])
@@ -184,7 +186,10 @@ def test_every_file_resolves_to_the_config_it_had_before_bases(name):
     before = BEFORE[name]
     for (section, key), value in DELETED.items():
         assert before[section].pop(key) == value, (name, key)
-    assert config_to_dict(load_config(None if name == "default" else REPO / name)) == before
+    now = config_to_dict(load_config(None if name == "default" else REPO / name))
+    for (section, key), value in ADDED.items():
+        assert now[section].pop(key) == value, (name, key)
+    assert now == before
     assert set(BEFORE) == {"default", *CONFIG_FILES}  # a new file gets its own check
 
 

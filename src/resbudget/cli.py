@@ -93,14 +93,69 @@ def cmd_eval(args: argparse.Namespace) -> int:
     limits = dict(budget=args.budget, allow_over_budget=args.allow_over_budget)
     model = load_ensemble(args.checkpoint, **limits) if is_ensemble(args.checkpoint) else None
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
-                                 precision=args.precision, model=model, **limits)
+                                 precision=args.precision, model=model, corruptions=args.images if args.corruptions
+                                 else 0, seed=args.seed, **limits)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"{result['checkpoint']}: test accuracy {100 * result['test_accuracy']:.2f}%  "
-              f"loss {result['test_loss']:.4f}  ({result['params']:,} params, {result['images']:,} images)")
-        for note in result["notes"]:
-            print(f"note: {note}")
+        return 0
+    print(f"{result['checkpoint']}: test accuracy {100 * result['test_accuracy']:.2f}%  "
+          f"loss {result['test_loss']:.4f}  ({result['params']:,} params, {result['images']:,} images)")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    if "calibration" in result:
+        c = result["calibration"]
+        print(f"test NLL {c['test_nll']:.4f}, ECE ({15} bins) {c['test_ece']:.4f}"
+              + (f"; with its temperature {c['temperature']:.4f}: NLL {c['test_nll_calibrated']:.4f}, ECE "
+                 f"{c['test_ece_calibrated']:.4f}" if c["temperature"] != 1.0 else " (no temperature fitted)"))
+    if "robustness" in result:
+        r = result["robustness"]
+        print(f"\ncorruptions of the first {r['images']:,} test images (seed {r['seed']}); clean "
+              f"{100 * r['clean']:.2f}%, mean over all {100 * r['mean']:.2f}%")
+        print(f"{'corruption':<16}" + "".join(f"{f'sev {s}':>9}" for s in range(1, 6)))
+        for name, accs in r["corruptions"].items():
+            print(f"{name:<16}" + "".join(f"{100 * a:8.2f}%" for a in accs))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .deploy import IMAGE_METHOD, load_predictor, predict_files
+
+    predictor = load_predictor(args.model, budget=args.budget, allow_over_budget=args.allow_over_budget)
+    results, said_resized, failed = [], False, 0
+    for r in predict_files(predictor, args.images, top_k=args.top_k):
+        if "error" in r:
+            failed += 1
+            print(f"resbudget predict: error: {r['error']}", file=sys.stderr)
+        elif args.json:
+            results.append(r)
+        else:
+            if r["resized"] and not said_resized:
+                print(f"note: images not 32x32 are read as {IMAGE_METHOD}", file=sys.stderr)
+                said_resized = True
+            top = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
+            print(f"{r['file']}: {top}")
+    if args.json:
+        print(json.dumps({"method": IMAGE_METHOD, "predictions": results, "errors": failed}, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset, budget=args.budget,
+                       allow_over_budget=args.allow_over_budget)
+    print(f"ONNX model written to {path} (input: float32 N x 3 x 32 x 32 RGB in 0-1; outputs: logits, probabilities)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .train.calibration import calibrate_run
+
+    r = calibrate_run(args.run, data_dir=args.data_dir, device=args.device)
+    print(json.dumps(r, indent=2) if args.json else
+          f"{args.run}: temperature {r['temperature']:.4f} fitted on {r['val_images']:,} validation images; "
+          f"validation NLL {r['val_nll']:.4f} -> {r['val_nll_calibrated']:.4f}, ECE {r['val_ece']:.4f} -> "
+          f"{r['val_ece_calibrated']:.4f}")
     return 0
 
 
@@ -246,8 +301,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("folder", metavar="DIR", help="an ensemble folder (ensemble.json + memberN.safetensors)")
     _add_eval_flags(s, "for all members together (each within budget/K)", cmd_ensemble_eval)
 
+    s = sub.add_parser("predict", help="classify image files (any size and format Pillow reads)")
+    s.add_argument("model", metavar="RUN_DIR|CHECKPOINT|ENSEMBLE_DIR")
+    s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    s.add_argument("--top-k", type=int, default=1, metavar="K", help="the K most probable classes (default 1)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--budget", type=int, default=5_000_000)
+    s.add_argument("--allow-over-budget", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="write a run's net as an ONNX model (normalisation and temperature inside)")
+    s.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
+    s.add_argument("--format", choices=("onnx",), default="onnx")
+    s.add_argument("--out", type=Path, metavar="FILE", help="default: model.onnx beside the weights")
+    s.add_argument("--opset", type=int, default=18)
+    s.add_argument("--budget", type=int, default=5_000_000)
+    s.add_argument("--allow-over-budget", action="store_true")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("calibrate", help="fit a run's temperature on its own validation split")
+    s.add_argument("run", metavar="RUN_DIR")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_calibrate)
+
     s = sub.add_parser("eval", help="test accuracy of a run folder, checkpoint or ensemble folder")
     s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|ENSEMBLE_DIR")
+    s.add_argument("--corruptions", action="store_true",
+                   help="also the accuracy under 8 common corruptions at 5 severities (noise, blur, contrast, ...)")
+    s.add_argument("--images", type=int, default=2000, metavar="N",
+                   help="with --corruptions: the first N test images (default 2,000)")
+    s.add_argument("--seed", type=int, default=0, help="with --corruptions: the seed of the random corruptions")
     _add_eval_flags(s, "a checkpoint (or an ensemble's members together) above it is refused", cmd_eval)
     return p
 
@@ -264,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,
             TrainingError, StudyError, ReportError, ValueError, OSError) as e:
-        print(f"resbudget {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split("\n"))  # one line, whatever the message holds
+        print(f"resbudget {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"resbudget {args.command}: interrupted", file=sys.stderr)

@@ -77,6 +77,16 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     return x.masked_fill(inside[:, None], 0.0)
 
 
+def add_noise(x: torch.Tensor, max_sigma: float, g: torch.Generator) -> torch.Tensor:
+    """Normal pixel noise on a normalised batch: per image a sigma uniform in [0, ``max_sigma``] on the 0-1 pixel
+    scale (divided by each channel's std, as normalisation divides the pixels)."""
+    if max_sigma <= 0:
+        return x
+    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    sigma = max_sigma * torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device, dtype=x.dtype)
+    return x + torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * sigma / std
+
+
 @dataclass(frozen=True)
 class Augment:
     crop_padding: int = 4
@@ -84,6 +94,7 @@ class Augment:
     flip: bool = True
     rotate_degrees: float = 0.0
     cutout: int = 0
+    noise: float = 0.0  # pixel noise: each image gets normal noise of a sigma drawn uniformly in [0, noise] (0-1 scale)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: a normalised float batch on the generator's device. ``flips``: which images to mirror (e.g.
@@ -92,4 +103,4 @@ class Augment:
         if self.flip:
             x = random_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
         x = random_rotate(x, self.rotate_degrees, g)
-        return cutout(x, self.cutout, g)
+        return add_noise(cutout(x, self.cutout, g), self.noise, g)

@@ -85,9 +85,9 @@ def prepare_(model: ResNet, *, dirac: bool = False, freeze_bn_weight: bool = Fal
         model.stem_conv.weight.requires_grad_(False)
 
 
-def whiten_stem_(model: ResNet, images: torch.Tensor) -> None:
+def whiten_stem_(model: ResNet, images: torch.Tensor, eps: float = 5e-4) -> None:
     """The stem's filters from the patches of ``images`` (normalised floats): see :func:`whiten_conv_`."""
-    whiten_conv_(model.stem_conv, images.to("cpu"))
+    whiten_conv_(model.stem_conv, images.to("cpu"), eps)
 
 
 def train_stem_bias_(model: ResNet, trainable: bool) -> None:

@@ -48,6 +48,7 @@ class DataConfig:
     flip_mode: Literal["random", "alternate"] = "alternate"  # alternate: each image mirrored in every other epoch
     rotate_degrees: float = 0.0
     cutout: int = 0
+    noise: float = 0.0  # training images get pixel noise of a sigma uniform in [0, noise] (0-1 scale; 0 = none)
     train_limit: int = 0  # use only the first N training images (0 = all): smoke tests, never results
     test_limit: int = 0
 
@@ -96,6 +97,8 @@ class TrainConfig:
     # also report the final test accuracy averaged over these views (train/tta.py: 1, 2, 4 or 6)
     tta: Literal["none", "flip", "flip-shift4", "flip-shift"] = "flip-shift4"
     whiten_init: bool = True  # first conv = whitening filters of training patches (models/prepare.py)
+    whiten_eps: float = 5e-4  # added to each patch-covariance eigenvalue before dividing by its root: the larger, the
+    # less the stem amplifies the faint (high-frequency) directions of the patches, which pixel noise fills
     freeze_bn_weight: bool = True  # BatchNorm scales stay at 1; only their biases train (airbench)
     freeze_stem: bool = True  # the stem convolution's filters are not trained (with whiten_init: fixed whitening)
     stem_bias_epochs: int = 2  # > 0: the stem conv's bias (stem_norm = false) trains only in the first N epochs;
@@ -159,6 +162,10 @@ class Config:
                                  ("train.stem_bias_epochs", t.stem_bias_epochs, 0)):
             if value < low:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")
+        if not 0.0 <= d.noise <= 1.0:
+            raise ConfigError(f"data.noise must be a sigma between 0 and 1 (on the 0-1 pixel scale), got {d.noise}")
+        if not t.whiten_eps > 0:
+            raise ConfigError(f"train.whiten_eps must be a positive number, got {t.whiten_eps}")
         if not 0.0 <= t.drop_easy < 1.0:
             raise ConfigError(f"train.drop_easy must be a fraction in [0, 1), got {t.drop_easy}")
         if not 0.0 <= t.label_smoothing < 1.0:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import CIFAR10, Split, load_cifar10, normalize
+from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
 from .checkpoint import load_model
 from .config import STUDY_MODE_NOTE, ConfigError
@@ -83,20 +84,51 @@ def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: i
 def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
                         batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None,
                         model: nn.Module | None = None, budget: int = DEFAULT_BUDGET,
-                        allow_over_budget: bool = False) -> dict[str, Any]:
+                        allow_over_budget: bool = False, corruptions: int = 0, seed: int = 0) -> dict[str, Any]:
     """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
     already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities). A checkpoint over
-    ``budget`` parameters is refused unless ``allow_over_budget``."""
+    ``budget`` parameters is refused unless ``allow_over_budget``. ``corruptions`` = N > 0 adds the corruption
+    table of :func:`evaluate_corruptions` on the first N test images, seeded by ``seed``."""
+    if corruptions < 0:
+        raise ValueError(f"--images must be a positive number of test images, got {corruptions}")
+    is_ensemble_model = model is not None
     if model is None:
         model, _ = load_model(path, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last)
     data = data if data is not None else load_cifar10(data_dir)
-    r = evaluate(model, data.test.to(dev), batch_size=batch_size, precision=precision)
+    test = data.test.to(dev)
+    r = evaluate(model, test, batch_size=batch_size, precision=precision)
     result = {"checkpoint": str(path), "test_accuracy": r["accuracy"], "test_loss": r["loss"],
               "params": count_params(model), "images": len(data.test), "precision": precision, "device": str(dev),
               "notes": []}
+    if not is_ensemble_model:
+        from .calibration import calibration_metrics, model_logits, temperature_of
+
+        temperature, logits = temperature_of(path), model_logits(model, test, batch_size)
+        before, after = calibration_metrics(logits, test.labels), calibration_metrics(logits, test.labels, temperature)
+        result["calibration"] = {"temperature": temperature, "test_nll": before["nll"], "test_ece": before["ece"],
+                                 "test_nll_calibrated": after["nll"], "test_ece_calibrated": after["ece"]}
+    if corruptions:
+        test = data.test.subset(slice(0, corruptions)).to(dev)
+        result["robustness"] = evaluate_corruptions(model, test, seed=seed, batch_size=batch_size,
+                                                    precision=precision)
     summary_path = Path(path) / "summary.json" if Path(path).is_dir() else Path(path).parent / "summary.json"
     if summary_path.is_file() and json.loads(summary_path.read_text(encoding="utf-8")).get("plateau_watched_test"):
         result["notes"].append(STUDY_MODE_NOTE)
     return result
+
+
+def evaluate_corruptions(model: nn.Module, split: Split, *, names: list[str] | tuple[str, ...] = tuple(CORRUPTIONS),
+                         seed: int = 0, batch_size: int = 1000, precision: str = "fp32",
+                         channels_last: bool = True) -> dict[str, Any]:
+    """Accuracy on ``split`` (on the model's device) clean and under each corruption at severities 1-5
+    (``data/corruptions.py``, seeded by ``seed``): ``{"clean", "corruptions": {name: [5 accuracies]}, "mean"}``."""
+    opts = dict(batch_size=batch_size, precision=precision, channels_last=channels_last)
+    table = {}
+    for name in names:
+        table[name] = [evaluate(model, Split(corrupt(split.images, name, s, seed), split.labels), **opts)["accuracy"]
+                       for s in SEVERITIES]
+    every = [a for accs in table.values() for a in accs]
+    return {"images": len(split), "seed": seed, "clean": evaluate(model, split, **opts)["accuracy"],
+            "corruptions": table, "mean": sum(every) / len(every) if every else None}

@@ -69,7 +69,7 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 
 def make_augment(d: DataConfig) -> Augment:
-    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout)
+    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout, d.noise)
 
 
 def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,

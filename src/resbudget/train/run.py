@@ -28,6 +28,7 @@ from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
 from .checkpoint import load_state, save_state, save_weights
 from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
+from .calibration import fit_and_report
 from .evaluate import evaluate, select_device
 from .fit import TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
@@ -219,7 +220,7 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
     data = data if isinstance(data, CIFAR10) else load_cifar10(data)
     train, val, test = prepare_splits(config, data, device)
     if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
-        whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]))
+        whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]), t.whiten_eps)
     if saved is None and not (out_dir / "config.toml").is_file():
         write_text(out_dir / "config.toml", config_to_toml(config))
     for w in model_summary.warnings:
@@ -260,8 +261,14 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
     if t.tta != "none" and tta_acc is None:  # resumed after the last epoch's checkpoint
         tta_acc = evaluate(model, test, tta=t.tta, batch_size=t.eval_batch_size, precision=t.precision,
                            channels_last=t.channels_last)["accuracy_tta"]
+    calibration = None
+    if val is not None:  # held-out images: the temperature of calibrated probabilities (train/calibration.py)
+        calibration = fit_and_report(model, val)
+        save_weights(model, config.model, out_dir / "model.safetensors",
+                     extra={"epoch": str(t.epochs), "temperature": repr(calibration["temperature"])})
     summary = run_summary(config, log.rows, model_summary, params, tta_acc, data, device,
                           round(wall_before + time.perf_counter() - wall_start, 2))
+    summary["calibration"] = calibration
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
     with_tta = f" ({100 * tta_acc:.2f}% with {t.tta} TTA)" if tta_acc is not None else ""

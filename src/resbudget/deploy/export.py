@@ -1,0 +1,89 @@
+"""The trained net as an ONNX model, for runtimes without PyTorch (onnxruntime and others).
+
+The graph takes ``images``: float32, N x 3 x 32 x 32, RGB values in 0-1 (a uint8 image divided by 255), any batch
+size N. The CIFAR-10 normalisation and the calibration temperature are inside it. It gives ``logits`` (already
+divided by the temperature) and ``probabilities`` (their softmax), both N x 10. The model's metadata holds the class
+names, the spec and the temperature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import CLASSES, MEAN, STD
+from ..models import DEFAULT_BUDGET, ModelSpec
+from ..train import CheckpointError, load_model
+from ..train.calibration import temperature_of
+from ..version import __version__
+
+
+class Deployable(nn.Module):
+    """Normalisation, the net and the temperature in one module: 0-1 RGB in, (logits, probabilities) out."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        self.temperature = temperature
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model((images - self.mean) / self.std) / self.temperature
+        return logits, logits.softmax(-1)
+
+
+def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None, *, opset: int = 18,
+                budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False) -> Path:
+    """Write the ONNX model of a run folder or checkpoint to ``out`` (default: ``model.onnx`` beside the weights);
+    an existing file is not overwritten."""
+    try:
+        import onnx
+    except ImportError:
+        raise CheckpointError("export needs the deploy extra: pip install -e '.[deploy]' (onnx, onnxscript, "
+                              "onnxruntime)") from None
+    source = Path(source)
+    weights = source / "model.safetensors" if source.is_dir() else source
+    out = Path(out) if out is not None else weights.with_suffix(".onnx")
+    if out.exists():
+        raise CheckpointError(f"{out} exists; it is not overwritten: choose another --out")
+    if not 7 <= opset <= 23:
+        raise ValueError(f"--opset must be between 7 and 23, got {opset}")
+    model, spec = load_model(weights, budget=budget, allow_over_budget=allow_over_budget)
+    temperature = temperature_of(weights)
+    module = Deployable(model, temperature).eval()
+    example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
+    tmp = out.with_name(f".{out.name}.tmp")
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)  # the exporter's notes on ops this net does not use
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(tmp), dynamo=True, opset_version=opset, verbose=False,
+                              input_names=["images"], output_names=["logits", "probabilities"],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False)
+        graph = onnx.load(str(tmp))
+        _set_metadata(graph, spec, temperature)
+        onnx.save(graph, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        quiet.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _set_metadata(graph, spec: ModelSpec, temperature: float) -> None:  # noqa: ANN001 - an onnx.ModelProto
+    entries = {"classes": json.dumps(list(CLASSES)), "spec": json.dumps(spec.to_dict()),
+               "temperature": repr(temperature), "input": "images: float32 N x 3 x 32 x 32, RGB in 0-1",
+               "producer": f"resbudget {__version__}"}
+    del graph.metadata_props[:]
+    for key, value in entries.items():
+        prop = graph.metadata_props.add()
+        prop.key, prop.value = key, value

@@ -1,0 +1,157 @@
+"""Using a trained net: corruptions, calibration, predictions on image files, the ONNX export."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from resbudget.cli import main
+from resbudget.data import CLASSES, normalize
+from resbudget.data.corruptions import CORRUPTIONS, corrupt
+from resbudget.models import build_model
+from resbudget.train import CheckpointError, load_model, save_weights, train_run
+from resbudget.train.calibration import calibrate_run, calibration_metrics, fit_temperature, temperature_of
+
+from .conftest import TINY, tiny_config
+
+
+# --- corruptions ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_is_seeded_and_grows_with_its_severity(name, small_cifar):
+    x = small_cifar.test.images[:32]
+    out = [corrupt(x, name, s, seed=1) for s in range(1, 6)]
+    assert all(o.dtype == torch.uint8 and o.shape == x.shape for o in out)
+    assert torch.equal(out[2], corrupt(x, name, 3, seed=1))
+    change = [(o.float() - x.float()).abs().mean().item() for o in out]
+    assert change[0] > 0 and change[4] > change[0], change  # severity 5 changes the images more than severity 1
+
+
+def test_gaussian_noise_has_the_stated_sigma():
+    x = torch.full((64, 3, 32, 32), 128, dtype=torch.uint8)
+    for severity, sigma in zip((1, 5), (0.04, 0.10)):
+        noise = (corrupt(x, "gaussian_noise", severity).float() - 128) / 255
+        assert noise.std().item() == pytest.approx(sigma, rel=0.05)
+
+
+def test_a_bad_corruption_request_names_the_problem():
+    x = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="unknown corruption 'fog'"):
+        corrupt(x, "fog", 1)
+    with pytest.raises(ValueError, match="severity must be 1 to 5"):
+        corrupt(x, "contrast", 6)
+
+
+# --- calibration ---------------------------------------------------------------------------------------------------
+def test_the_fitted_temperature_undoes_a_known_scaling():
+    g = torch.Generator().manual_seed(0)
+    true_logits = 3 * torch.randn(20000, 10, generator=g)
+    labels = torch.multinomial(true_logits.softmax(-1), 1, generator=g).squeeze(1)
+    assert fit_temperature(true_logits * 0.25, labels) == pytest.approx(0.25, rel=0.05)  # under-confident by 4x
+    calibrated = calibration_metrics(true_logits, labels)
+    assert calibrated["ece"] < 0.02  # the labels were drawn from these very probabilities
+    assert calibration_metrics(true_logits * 0.25, labels)["ece"] > 0.2
+
+
+def test_ece_by_hand():
+    logits = torch.tensor([[math.log(9.0), 0.0], [math.log(9.0), 0.0], [0.0, math.log(3.0)], [0.0, math.log(3.0)]])
+    labels = torch.tensor([0, 1, 1, 1])  # confidences 0.9, 0.9 (one right), 0.75, 0.75 (both right)
+    m = calibration_metrics(logits, labels, bins=10)
+    assert m["ece"] == pytest.approx(0.5 * abs(0.9 - 0.5) + 0.5 * abs(0.75 - 1.0))
+    assert m["accuracy"] == 0.75
+
+
+def test_a_run_with_a_validation_split_is_calibrated_and_eval_reports_both(tmp_path, synthetic_dir, capsys):
+    summary = train_run(tiny_config("data.val_size=100"), tmp_path / "run", data_dir=synthetic_dir, progress=False)
+    c = summary["calibration"]
+    assert c["val_images"] == 100 and c["val_nll_calibrated"] <= c["val_nll"] + 1e-9
+    assert temperature_of(tmp_path / "run") == pytest.approx(c["temperature"])
+    assert main(["eval", str(tmp_path / "run"), "--data-dir", str(synthetic_dir), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["calibration"]
+    assert r["temperature"] == pytest.approx(c["temperature"])
+    assert {"test_nll", "test_ece", "test_nll_calibrated", "test_ece_calibrated"} <= set(r)
+    # calibrate again from the command line: the same split, the same temperature
+    assert main(["calibrate", str(tmp_path / "run"), "--data-dir", str(synthetic_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["temperature"] == pytest.approx(c["temperature"], rel=1e-4)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["calibration"]["temperature"] == \
+        pytest.approx(c["temperature"], rel=1e-4)
+
+
+def test_a_run_without_held_out_images_is_not_calibrated_on_the_test_set(tmp_path, small_cifar):
+    summary = train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
+    assert summary["calibration"] is None and temperature_of(tmp_path / "run") == 1.0
+    with pytest.raises(CheckpointError, match="no held-out images are left"):
+        calibrate_run(tmp_path / "run", data=small_cifar)
+
+
+# --- predict -------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    path = tmp_path / "tiny.safetensors"
+    save_weights(model, TINY, path, extra={"temperature": "2.0"})
+    return path
+
+
+def test_predict_agrees_with_the_model_and_skips_broken_files(tmp_path, checkpoint, small_cifar, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = small_cifar.test.images[:20]
+    for i, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
+    (folder / "broken.png").write_bytes((folder / "00.png").read_bytes()[:40])
+    (folder / "text.png").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    code = main(["predict", str(checkpoint), str(folder), "--top-k", "3", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err.count("\n") == 3 and all(n in err for n in ("broken.png", "text.png", "empty.png"))
+    predictions = json.loads(out)["predictions"]
+    assert [p["file"] for p in predictions] == [str(folder / f"{i:02d}.png") for i in range(20)]
+    model, _ = load_model(checkpoint)
+    with torch.no_grad():
+        probs = (model(normalize(images)) / 2.0).softmax(-1)  # the stored temperature is applied
+    for p, row in zip(predictions, probs):
+        assert p["top"][0]["class"] == CLASSES[int(row.argmax())] and not p["resized"]
+        assert p["top"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-5)
+        assert len(p["top"]) == 3 and p["top"][0]["probability"] >= p["top"][1]["probability"]
+
+
+def test_predict_reads_any_mode_and_size_and_says_how_it_resized(tmp_path, checkpoint, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("L").save(tmp_path / "grey.jpg")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.gif")
+    code = main(["predict", str(checkpoint), str(tmp_path / "rgba.png"), str(tmp_path / "grey.jpg"),
+                 str(tmp_path / "palette.gif")])
+    out, err = capsys.readouterr()
+    assert code == 0 and len(out.splitlines()) == 3 and err.count("central square crop") == 1  # said once
+    assert main(["predict", str(checkpoint), str(tmp_path / "rgba.png"), "--top-k", "11"]) == 2
+
+
+# --- export --------------------------------------------------------------------------------------------------------
+def test_the_onnx_export_matches_pytorch_with_any_batch(tmp_path, checkpoint, small_cifar, capsys):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["classes"]) == list(CLASSES) and json.loads(meta["spec"]) == TINY.to_dict()
+    assert float(meta["temperature"]) == 2.0
+    session = ort.InferenceSession(str(out))
+    model, _ = load_model(checkpoint)
+    for n in (1, 7):
+        x = small_cifar.test.images[:n]
+        logits, probs = session.run(None, {"images": (x.float() / 255).numpy()})
+        with torch.no_grad():
+            ref = model(normalize(x)) / 2.0
+        assert np.abs(logits - ref.numpy()).max() < 1e-4
+        assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 2
+    assert "is not overwritten" in capsys.readouterr().err
