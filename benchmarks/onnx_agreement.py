@@ -16,8 +16,7 @@ import torch
 
 from resbudget.data import load_cifar10, normalize
 from resbudget.deploy import export_onnx
-from resbudget.train import load_model
-from resbudget.train.calibration import temperature_of
+from resbudget.train import load_model, temperature_of
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from resbudget.cli import main
 from resbudget.data import CLASSES, normalize
 from resbudget.data.corruptions import CORRUPTIONS, corrupt
 from resbudget.models import build_model
-from resbudget.train import CheckpointError, load_model, save_weights, train_run
-from resbudget.train.calibration import calibrate_run, calibration_metrics, fit_temperature, temperature_of
+from resbudget.train import CheckpointError, calibrate_run, load_model, save_weights, temperature_of, train_run
+from resbudget.train.calibration import calibration_metrics, fit_temperature
 
 from .conftest import TINY, tiny_config
 

@@ -47,6 +47,16 @@ def test_forward_shape_finite_and_every_parameter_gets_a_gradient(name):
     assert missing == []
 
 
+@pytest.mark.parametrize("name", list_presets())
+def test_the_largest_map_from_the_spec_is_the_largest_layer_output(name):
+    import math
+
+    from resbudget.models import largest_map, summarize
+
+    spec = get_preset(name)
+    assert largest_map(spec) == max(math.prod(r.output_shape) for r in summarize(spec).layers)
+
+
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(UnknownPresetError, match="available presets: airres, airres-wide, deeper, deeper-const-stride, ens10-500k, ens5-1m, fast, narrow"):
         get_preset("resnet19")

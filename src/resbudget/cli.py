@@ -104,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if "calibration" in result:
         c = result["calibration"]
-        print(f"test NLL {c['test_nll']:.4f}, ECE ({15} bins) {c['test_ece']:.4f}"
+        print(f"test NLL {c['test_nll']:.4f}, ECE (15 bins) {c['test_ece']:.4f}"
               + (f"; with its temperature {c['temperature']:.4f}: NLL {c['test_nll_calibrated']:.4f}, ECE "
                  f"{c['test_ece_calibrated']:.4f}" if c["temperature"] != 1.0 else " (no temperature fitted)"))
     if "robustness" in result:
@@ -149,7 +149,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .train.calibration import calibrate_run
+    from .train import calibrate_run
 
     r = calibrate_run(args.run, data_dir=args.data_dir, device=args.device)
     print(json.dumps(r, indent=2) if args.json else
@@ -225,10 +225,14 @@ def cmd_ensemble_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_eval_flags(s: argparse.ArgumentParser, budget_help: str, func) -> None:  # noqa: ANN001
+def _add_budget_flags(s: argparse.ArgumentParser, budget_help: str) -> None:
     s.add_argument("--budget", type=int, default=5_000_000, help=f"parameter budget (default 5,000,000): {budget_help}")
     s.add_argument("--allow-over-budget", action="store_true",
                    help="load nets above --budget (a hard ceiling on size still holds)")
+
+
+def _add_eval_flags(s: argparse.ArgumentParser, budget_help: str, func) -> None:  # noqa: ANN001
+    _add_budget_flags(s, budget_help)
     s.add_argument("--data-dir", metavar="DIR")
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
@@ -306,8 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     s.add_argument("--top-k", type=int, default=1, metavar="K", help="the K most probable classes (default 1)")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--budget", type=int, default=5_000_000)
-    s.add_argument("--allow-over-budget", action="store_true")
+    _add_budget_flags(s, "a net above it is refused")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="write a run's net as an ONNX model (normalisation and temperature inside)")
@@ -315,8 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("onnx",), default="onnx")
     s.add_argument("--out", type=Path, metavar="FILE", help="default: model.onnx beside the weights")
     s.add_argument("--opset", type=int, default=18)
-    s.add_argument("--budget", type=int, default=5_000_000)
-    s.add_argument("--allow-over-budget", action="store_true")
+    _add_budget_flags(s, "a net above it is refused")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("calibrate", help="fit a run's temperature on its own validation split")

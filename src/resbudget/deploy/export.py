@@ -19,8 +19,7 @@ from torch import nn
 
 from ..data import CLASSES, MEAN, STD
 from ..models import DEFAULT_BUDGET, ModelSpec
-from ..train import CheckpointError, load_model
-from ..train.calibration import temperature_of
+from ..train import CheckpointError, load_model, temperature_of
 from ..version import __version__
 
 

@@ -14,8 +14,7 @@ from torch import nn
 from ..data import CLASSES, normalize
 from ..ensemble import is_ensemble, load_ensemble
 from ..models import DEFAULT_BUDGET
-from ..train import load_model
-from ..train.calibration import temperature_of
+from ..train import load_model, temperature_of
 
 IMAGE_METHOD = ("the central square crop, resized to 32x32 with Pillow's Lanczos filter (antialiased); transparency "
                 "composited onto white, greyscale and palette images turned into RGB")

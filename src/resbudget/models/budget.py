@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .builder import build_model
-from .spec import ModelSpec, spec_warnings
+from .spec import ModelSpec, spec_warnings, stage_sizes, stem_size
 
 DEFAULT_BUDGET = 5_000_000
 # What a spec may ask for at all, even with --allow-over-budget: a spec read from a checkpoint or manifest is untrusted
-# input, and these are checked from the spec alone, before any memory is allocated. The largest preset (resnet18:
-# 11.2M parameters, 2.3M activations per image, 21 layers in its stages) is far inside them.
+# input, and these are checked from the spec alone, before any memory is allocated. The presets are far inside them
+# (resnet18: 11.2M parameters, a largest feature map of 65,536 numbers per image, 8 blocks).
 MAX_PARAMS = 200_000_000
-MAX_ACTIVATIONS = 50_000_000  # numbers in the outputs of all layers, per image
+MAX_MAP = 2_000_000  # numbers in the largest feature map of one image
 MAX_LAYERS = 1_000  # blocks and stage entries together
 MAX_IMAGE_SIZE = 1_024
 
@@ -29,9 +28,22 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def spec_size(spec: ModelSpec, what: str = "the model") -> Summary:
-    """The per-layer summary of ``spec``'s net built on the meta device: shapes and counts, no memory allocated
-    whatever the widths. Refuses (``BudgetError``) a spec with more layers or a larger input than anything trains."""
+def largest_map(spec: ModelSpec) -> int:
+    """Numbers in the largest feature map of one image (a conv-pool stage's before its pooling), from the spec's
+    sizes alone."""
+    size = stem_size(spec)
+    largest = spec.stem_width * size**2
+    for width, out in zip(spec.stage_widths, stage_sizes(spec)):
+        largest = max(largest, width * (size if spec.stage_entry == "conv-pool" else out) ** 2)
+        size = out
+    return largest
+
+
+def check_spec(spec: ModelSpec, budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False,
+               what: str = "the model") -> int:
+    """The parameter count of ``spec``, after checking it from the spec alone (the net is built on the meta device:
+    no memory is allocated, whatever the widths): within ``budget`` (unless allowed over it) and, always, within the
+    hard ceilings on layers, input size, parameters and feature-map size."""
     layers = sum(spec.stage_blocks) + (len(spec.stage_widths) if spec.stage_entry == "conv-pool" else 0)
     if layers + len(spec.head_hidden) > MAX_LAYERS:
         raise BudgetError(f"{what} has {layers + len(spec.head_hidden):,} layers; at most {MAX_LAYERS:,} are built")
@@ -39,24 +51,16 @@ def spec_size(spec: ModelSpec, what: str = "the model") -> Summary:
         raise BudgetError(f"{what} takes {spec.in_channels} x {spec.image_size} x {spec.image_size} inputs, larger "
                           f"than any CIFAR net's; at most 64 channels of {MAX_IMAGE_SIZE} x {MAX_IMAGE_SIZE}")
     with torch.device("meta"):
-        return summarize(spec, build_model(spec))
-
-
-def check_spec(spec: ModelSpec, budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False,
-               what: str = "the model") -> int:
-    """The parameter count of ``spec``, after checking it from the spec alone: within ``budget`` (unless allowed
-    over it) and, always, within the hard ceilings on parameters and activations."""
-    size = spec_size(spec, what)
+        params = count_params(build_model(spec))
     if not allow_over_budget:
-        check_budget(size.params, budget, what)
-    if size.params > MAX_PARAMS:
-        raise BudgetError(f"{what} has {size.params:,} parameters, over the hard ceiling of {MAX_PARAMS:,} that "
-                          "holds even with --allow-over-budget")
-    activations = sum(math.prod(r.output_shape) for r in size.layers)
-    if activations > MAX_ACTIVATIONS:
-        raise BudgetError(f"{what} computes {activations:,} activations per image, over the ceiling of "
-                          f"{MAX_ACTIVATIONS:,} that holds even with --allow-over-budget")
-    return size.params
+        check_budget(params, budget, what)
+    if params > MAX_PARAMS:
+        raise BudgetError(f"{what} has {params:,} parameters, over the hard ceiling of {MAX_PARAMS:,} that holds even "
+                          "with --allow-over-budget")
+    if largest_map(spec) > MAX_MAP:
+        raise BudgetError(f"{what} has a feature map of {largest_map(spec):,} numbers per image, over the ceiling of "
+                          f"{MAX_MAP:,} that holds even with --allow-over-budget")
+    return params
 
 
 def check_budget(params: int, budget: int = DEFAULT_BUDGET, what: str = "the model") -> None:

@@ -8,6 +8,7 @@ under a generated key, and the structure as JSON (with references to those keys)
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,15 @@ def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, ext
         save_file(plain_state_dict(model), str(tmp), metadata=metadata)
 
 
-def _read(path: Path, missing: str, unreadable: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file; a missing or malformed one raises ``CheckpointError``."""
+def _read(path: Path, missing: str, unreadable: str,
+          tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file (``tensors=False``: the metadata alone, nothing else is read); a
+    missing or malformed one raises ``CheckpointError``."""
     if not path.is_file():
         raise CheckpointError(f"{path}: {missing}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+            return f.metadata() or {}, ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
     except Exception as e:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"{path}: {unreadable} ({type(e).__name__}: {e})") from None
 
@@ -70,6 +73,21 @@ def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Te
         return ModelSpec.from_dict(data), tensors, metadata
     except SpecError as e:
         raise CheckpointError(f"{path}: the model spec in its metadata is not valid: {e}") from None
+
+
+def temperature_of(path: str | os.PathLike) -> float:
+    """The calibration temperature stored with a checkpoint or run folder (1.0 where none was fitted); only the
+    file's metadata is read."""
+    path = Path(path)
+    path = path / "model.safetensors" if path.is_dir() else path
+    metadata, _ = _read(path, "no such checkpoint file", "not a readable safetensors file", tensors=False)
+    try:
+        temperature = float(metadata.get("temperature", 1.0))
+    except ValueError:
+        raise CheckpointError(f"{path}: its temperature {metadata['temperature']!r:.40} is not a number") from None
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise CheckpointError(f"{path}: its temperature {temperature} is not a positive number")
+    return temperature
 
 
 def model_from_weights(spec: ModelSpec, tensors: dict[str, torch.Tensor], path: Path, *,

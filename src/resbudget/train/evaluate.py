@@ -17,7 +17,8 @@ from torch import nn
 from ..data import CIFAR10, Split, load_cifar10, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
-from .checkpoint import load_model
+from .calibration import calibration_metrics
+from .checkpoint import load_model, temperature_of
 from .config import STUDY_MODE_NOTE, ConfigError
 from .tta import tta_view_logits
 
@@ -54,6 +55,15 @@ def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *,
         with autocast(device, precision):
             out = fn(x)
         yield out.float(), split.labels[start:start + batch_size]
+
+
+def model_logits(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "fp32") -> torch.Tensor:
+    """The logits of ``model`` (in eval mode) on all of ``split`` (on the model's device), as fp32."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([y for y, _ in batched_outputs(model, split, batch_size=batch_size, precision=precision)])
+    model.train(was_training)
+    return out
 
 
 def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: int = 1000, precision: str = "bf16",
@@ -98,17 +108,17 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
     model = model.to(dev).to(memory_format=torch.channels_last)
     data = data if data is not None else load_cifar10(data_dir)
     test = data.test.to(dev)
-    r = evaluate(model, test, batch_size=batch_size, precision=precision)
-    result = {"checkpoint": str(path), "test_accuracy": r["accuracy"], "test_loss": r["loss"],
+    # one pass over the test set gives everything: an ensemble's outputs are log-probabilities, whose softmax is
+    # its probabilities, so the same metrics hold for it (it has no temperature of its own)
+    logits = model_logits(model, test, batch_size=batch_size, precision=precision)
+    temperature = 1.0 if is_ensemble_model else temperature_of(path)
+    plain = calibration_metrics(logits, test.labels)
+    scaled = calibration_metrics(logits, test.labels, temperature)
+    result = {"checkpoint": str(path), "test_accuracy": plain["accuracy"], "test_loss": plain["nll"],
               "params": count_params(model), "images": len(data.test), "precision": precision, "device": str(dev),
-              "notes": []}
-    if not is_ensemble_model:
-        from .calibration import calibration_metrics, model_logits, temperature_of
-
-        temperature, logits = temperature_of(path), model_logits(model, test, batch_size)
-        before, after = calibration_metrics(logits, test.labels), calibration_metrics(logits, test.labels, temperature)
-        result["calibration"] = {"temperature": temperature, "test_nll": before["nll"], "test_ece": before["ece"],
-                                 "test_nll_calibrated": after["nll"], "test_ece_calibrated": after["ece"]}
+              "notes": [], "calibration": {"temperature": temperature, "test_nll": plain["nll"],
+                                           "test_ece": plain["ece"], "test_nll_calibrated": scaled["nll"],
+                                           "test_ece_calibrated": scaled["ece"]}}
     if corruptions:
         test = data.test.subset(slice(0, corruptions)).to(dev)
         result["robustness"] = evaluate_corruptions(model, test, seed=seed, batch_size=batch_size,

@@ -26,10 +26,10 @@ from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
 from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
-from .checkpoint import load_state, save_state, save_weights
+from .checkpoint import CheckpointError, load_state, model_from_weights, read_weights, save_state, save_weights
 from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
-from .calibration import fit_and_report
-from .evaluate import evaluate, select_device
+from .calibration import calibration_metrics, fit_temperature
+from .evaluate import evaluate, model_logits, select_device
 from .fit import TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
 
@@ -308,3 +308,41 @@ def run_summary(config: Config, rows: list[dict[str, Any]], model_summary: Any, 
         "warnings": model_summary.warnings,
         "config": config_to_dict(config),
     }
+
+
+# --- calibration of a run (train/calibration.py) ---------------------------------------------------------------------
+def fit_and_report(model: ResNet, val: Split) -> dict[str, Any]:
+    """The temperature fitted on the validation images ``val`` and their NLL / ECE before and after."""
+    logits = model_logits(model, val)
+    temperature = fit_temperature(logits, val.labels)
+    before, after = calibration_metrics(logits, val.labels), calibration_metrics(logits, val.labels, temperature)
+    return {"temperature": temperature, "val_images": len(val), "val_nll": before["nll"], "val_ece": before["ece"],
+            "val_nll_calibrated": after["nll"], "val_ece_calibrated": after["ece"]}
+
+
+def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+                  data: CIFAR10 | None = None, device: str = "auto") -> dict[str, Any]:
+    """Fit the temperature of a finished run on its own validation split (``data.val_size`` images carved from the
+    training set with ``data.val_seed``, as :func:`prepare_splits` carved them) and store it in its
+    ``model.safetensors`` and ``summary.json``. A run that trained on every training image has no held-out images:
+    refused, rather than calibrated on the test set."""
+    run_dir = Path(run_dir)
+    config = config_from_dict(read_toml(run_dir / "config.toml", CheckpointError), stored=True)
+    if not config.data.val_size:
+        raise CheckpointError(f"{run_dir}: this run trained on every training image, so no held-out images are left "
+                              "to fit a temperature on (the test set is never used); train with data.val_size=N "
+                              "(e.g. 2000) to calibrate")
+    weights = run_dir / "model.safetensors"
+    spec, tensors, metadata = read_weights(weights)
+    model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
+    data = data if data is not None else load_cifar10(data_dir)
+    _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
+    dev = select_device(device)
+    result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev))
+    extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
+    save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        write_text(summary_path, json.dumps({**summary, "calibration": result}, indent=2) + "\n")
+    return result
