@@ -118,3 +118,58 @@ def cli_in_child(root: Path, n_train: int, n_test: int, argv: list[str]) -> list
             f"load_cifar10.__kwdefaults__ = use_synthetic_files(Path({str(root)!r}), {n_train}, {n_test}); "
             f"sys.exit(main({argv!r}))")
     return [sys.executable, "-c", code]
+
+
+def _postgres_bindir() -> Path | None:
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    return Path(versions[-1]).parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server of this test session: the machine's own binaries, a data folder in /tmp, localhost and a
+    free port, run as the ``postgres`` user when the tests run as root (the server refuses root). Skipped where
+    PostgreSQL or psycopg is missing, unless $RESBUDGET_REQUIRE_POSTGRES is set (CI), where that fails."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = _postgres_bindir()
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        bindir = None
+    if bindir is None:
+        reason = "PostgreSQL (initdb) or psycopg is not installed"
+        if os.environ.get("RESBUDGET_REQUIRE_POSTGRES"):
+            pytest.fail(f"{reason}, and $RESBUDGET_REQUIRE_POSTGRES asks for it")
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="resbudget-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd):
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+    run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "resbudget")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/resbudget"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)

@@ -106,3 +106,27 @@ def test_study_from_the_cli(tmp_path, synthetic_dir, capsys):
     assert code == 0 and "a" in out and "90" in out and "runs in" in out
     assert main(["study", str(study), "--only", "zzz"]) == 2
     assert "unknown experiment 'zzz'" in capsys.readouterr().err
+
+
+def test_a_shared_study_runs_each_job_once_over_its_workers(tmp_path, synthetic_dir, postgres_url):
+    """Two worker processes, each with its own run folder (as on two machines), on one PostgreSQL queue."""
+    import subprocess
+
+    from tests.conftest import cli_in_child
+
+    study = _tiny_study(tmp_path / "s", names=("a", "b", "c"))
+    argv = ["study", str(study), "--epochs", "1", "--seeds", "2", "--storage", postgres_url, "--heartbeat", "1",
+            "--data-dir", str(synthetic_dir), "--quiet"]
+    workers = [subprocess.Popen(cli_in_child(synthetic_dir, 510, 256, [*argv, "--out", str(tmp_path / f"w{i}")]),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    done = sorted(p.parent.relative_to(p.parents[2]).as_posix() for p in tmp_path.glob("w*/*/seed*/summary.json"))
+    assert done == ["a/seed0", "a/seed1", "b/seed0", "b/seed1", "c/seed0", "c/seed1"]  # each once, over both
+    for i in range(2):  # each worker's study.json lists every run, its own and the other's
+        listed = json.loads((tmp_path / f"w{i}" / "study.json").read_text())
+        assert sorted((r["experiment"], r["seed"]) for r in listed) == [(e, s) for e in "abc" for s in (0, 1)]
+    # a worker started after the end has nothing left to do
+    again = subprocess.run(cli_in_child(synthetic_dir, 510, 256, [*argv, "--out", str(tmp_path / "w2")]),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and not list((tmp_path / "w2").glob("*/seed*"))

@@ -163,8 +163,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     from .study import run_study
 
     out = args.out or Path("runs") / f"study-{Path(args.study).name}" / (f"e{args.epochs}" if args.epochs else "full")
+    if args.storage:
+        _need_search_extra()
     summaries = run_study(args.study, out, only=args.only or (), epochs=args.epochs, seeds=args.seeds,
-                          data_dir=args.data_dir, progress=not args.quiet)
+                          data_dir=args.data_dir, storage=args.storage, heartbeat=args.heartbeat,
+                          progress=not args.quiet)
     width = max(len(s["experiment"]) for s in summaries)
     print(f"{'experiment':<{width}}  seed  epochs  test acc  paper")
     for s in summaries:
@@ -173,6 +176,89 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"{s['experiment']:<{width}}  {s['seed']:>4}  {s['epochs']:>6}  {100 * s['test_accuracy']:7.2f}%  "
               f"{paper}{flag}")
     print(f"runs in {out}")
+    return 0
+
+
+def parse_count(text: str) -> int:
+    """A count such as ``5000000``, ``5_000_000``, ``5M``, ``2.5M`` or ``500k`` (for budgets)."""
+    raw = text.strip().replace("_", "").replace(",", "")
+    scale = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(raw[-1:].lower(), 1)
+    try:
+        value = float(raw[:-1] if scale > 1 else raw) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (e.g. 5000000, 5M, 500k)") from None
+    if not 1 <= value <= 1e15:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive count")
+    return round(value)
+
+
+def _need_search_extra() -> None:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ValueError("search needs the search extra: pip install -e '.[search]' (optuna; add '.[postgres]' for a "
+                         "PostgreSQL storage)") from None
+
+
+def _search_folder(args: argparse.Namespace) -> Path:
+    return args.out or Path("runs") / "search" / args.name
+
+
+def _search_storage(args: argparse.Namespace, must_exist: bool) -> str:
+    from .search import SearchError, default_storage
+
+    if args.storage:
+        return args.storage
+    folder = _search_folder(args)
+    if must_exist and not (folder / "search.db").is_file():
+        raise SearchError(f"no search {args.name!r} at {folder} (no search.db there); pass --out DIR or --storage URL "
+                          "where it runs")
+    return default_storage(folder)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    _need_search_extra()
+    from .search import SearchSettings, load_space, run_search
+
+    given = {k: getattr(args, k) for k in ("budget", "macs_budget", "trial_minutes", "space", "seed", "val_size",
+                                           "fill") if getattr(args, k) not in (None, False)}
+    settings = None
+    if given:  # creating the search, or checking a worker's options against the stored ones
+        settings = SearchSettings(space=load_space(args.space), budget=args.budget or 5_000_000,
+                                  macs_budget=args.macs_budget,
+                                  trial_seconds=60 * args.trial_minutes if args.trial_minutes else None,
+                                  val_size=args.val_size or 5000, seed=args.seed or 0, fill=args.fill)
+    folder = _search_folder(args)
+    study = run_search(args.name, trials=args.trials, out_dir=folder, storage=args.storage,
+                       settings=settings, data_dir=args.data_dir, heartbeat=args.heartbeat)
+    print(f"search {args.name!r}: {len(study.trials)} trials in storage; `resbudget search report {args.name}` "
+          "shows them")
+    return 0
+
+
+def cmd_search_report(args: argparse.Namespace) -> int:
+    _need_search_extra()
+    from .search import format_table, open_search, open_storage, search_report
+
+    study, settings = open_search(args.name, open_storage(_search_storage(args, True)), None, create=False)
+    r = search_report(study, args.report_dir or _search_folder(args) / "report")
+    print(f"search {args.name!r}: {settings.describe()}")
+    print(format_table(r["rows"]))
+    if r["importances"]:
+        print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importances"].items()))
+    if r["best"] is not None:
+        print(f"best: trial {r['best']} -> {r['files']['best']} (resbudget train {r['files']['best']})")
+    print("files: " + ", ".join(v for k, v in r["files"].items() if k != "best"))
+    return 0
+
+
+def cmd_search_confirm(args: argparse.Namespace) -> int:
+    _need_search_extra()
+    from .search import confirm_search, open_search, open_storage
+
+    study, _ = open_search(args.name, open_storage(_search_storage(args, True)), None, create=False)
+    confirm_search(study, args.confirm_dir or _search_folder(args) / "confirm", top=args.top, seeds=args.seeds,
+                   with_base=args.with_base, data_dir=args.data_dir)
     return 0
 
 
@@ -243,7 +329,7 @@ def _add_eval_flags(s: argparse.ArgumentParser, budget_help: str, func) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resbudget", description="ResNets for CIFAR-10 under a parameter budget.")
     p.add_argument("--version", action="version", version=f"resbudget {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("presets", help="list the named architectures")
     s.add_argument("--json", action="store_true")
@@ -275,8 +361,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per experiment (default 1)")
     s.add_argument("--out", type=Path, metavar="DIR", help="default runs/study-NAME/eE (or full)")
     s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--storage", metavar="URL", help="share the runs with every worker started with the same options "
+                   "and storage (SQLAlchemy URL, e.g. postgresql+psycopg://USER@HOST/DB)")
+    s.add_argument("--heartbeat", type=float, default=60.0, metavar="S", help="with --storage: a worker silent for 3 "
+                   "beats has its run given to another (default 60 s)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("search", help="search nets and recipes under a budget (Optuna); also: search report NAME, "
+                       "search confirm NAME")
+    s.add_argument("name", metavar="NAME", help="the search's name in its storage")
+    s.add_argument("--trials", type=int, default=15, help="trained trials in all, over every worker (default 15)")
+    s.add_argument("--budget", type=parse_count, help="parameter budget, e.g. 5M (default 5M)")
+    s.add_argument("--macs-budget", type=parse_count, metavar="M", help="MACs per image, e.g. 300M (default: none)")
+    s.add_argument("--trial-minutes", type=float, metavar="T", help="stop a trial that runs past T minutes; the "
+                   "objective is then accuracy in that time (default: no limit)")
+    s.add_argument("--space", metavar="FILE", help="a TOML file that fixes or narrows the default space")
+    s.add_argument("--seed", type=int, help="the sampler's and the trials' seed (default 0)")
+    s.add_argument("--val-size", type=int, metavar="N", help="held-out training images that score trials "
+                   "(default 5,000)")
+    s.add_argument("--fill", action="store_true", help="scale each drawn net's widths up to fill the budget")
+    s.add_argument("--storage", metavar="URL", help="SQLAlchemy URL shared by the workers (default: an SQLite file "
+                   "in the search folder); postgresql+psycopg://USER@HOST/DB for several machines")
+    s.add_argument("--heartbeat", type=float, default=60.0, metavar="S", help="a worker silent for 3 beats has its "
+                   "trial retried (default 60 s)")
+    s.add_argument("--out", type=Path, metavar="DIR", help="search folder (default runs/search/NAME)")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("search report", prog="resbudget search report")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--storage", metavar="URL")
+    s.add_argument("--out", type=Path, metavar="DIR", help="search folder (default runs/search/NAME)")
+    s.add_argument("--report-dir", type=Path, metavar="DIR", help="default SEARCH_FOLDER/report")
+    s.set_defaults(func=cmd_search_report)
+
+    s = sub.add_parser("search confirm", prog="resbudget search confirm")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--top", type=int, default=1, metavar="K", help="the K best trials (default 1)")
+    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 each (default 3)")
+    s.add_argument("--with-base", action="store_true", help="also the search's base recipe, for comparison")
+    s.add_argument("--storage", metavar="URL")
+    s.add_argument("--out", type=Path, metavar="DIR", help="search folder (default runs/search/NAME)")
+    s.add_argument("--confirm-dir", type=Path, metavar="DIR", help="default SEARCH_FOLDER/confirm")
+    s.add_argument("--data-dir", metavar="DIR")
+    s.set_defaults(func=cmd_search_confirm)
 
     s = sub.add_parser("report", help="Markdown/CSV tables and PNG figures from run folders")
     s.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="folders searched for finished runs")
@@ -346,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     from .study import StudyError
     from .train import CheckpointError, ConfigError, RunFolderError, TrainingError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "search" and argv[1] in ("report", "confirm"):
+        argv = [f"search {argv[1]}", *argv[2:]]  # two-word commands, parsed as one
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -4,8 +4,8 @@ from .spec import ModelSpec, SpecError, spec_warnings, stage_sizes
 
 __all__ = ["ModelSpec", "ResNet", "SpecError", "UnknownPresetError", "build_model", "get_preset", "list_presets",
            "preset_description", "register_preset", "spec_warnings", "stage_sizes"]
-from .budget import (DEFAULT_BUDGET, BudgetError, LayerRow, Summary, check_budget, check_spec, count_params,
-                     largest_map, summarize)
+from .budget import (DEFAULT_BUDGET, BudgetError, LayerRow, Summary, check_budget, check_spec, count_macs,
+                     count_params, largest_map, summarize)
 
-__all__ += ["DEFAULT_BUDGET", "BudgetError", "LayerRow", "Summary", "check_budget", "check_spec", "count_params",
-            "largest_map", "summarize"]
+__all__ += ["DEFAULT_BUDGET", "BudgetError", "LayerRow", "Summary", "check_budget", "check_spec", "count_macs",
+            "count_params", "largest_map", "summarize"]

@@ -63,6 +63,13 @@ def check_spec(spec: ModelSpec, budget: int = DEFAULT_BUDGET, allow_over_budget:
     return params
 
 
+def count_macs(spec: ModelSpec) -> int:
+    """Multiply-accumulates per image, from the spec alone: one forward pass of the net on the meta device, where
+    tensors have shapes and no storage."""
+    with torch.device("meta"):
+        return summarize(spec, build_model(spec)).macs
+
+
 def check_budget(params: int, budget: int = DEFAULT_BUDGET, what: str = "the model") -> None:
     if params > budget:
         raise BudgetError(

@@ -64,12 +64,18 @@ def study_configs(study: str | os.PathLike, *, only: list[str] | tuple[str, ...]
 
 def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (),
               epochs: int | None = None, seeds: int = 1, data_dir: str | os.PathLike | None = None,
-              data: CIFAR10 | None = None,
+              data: CIFAR10 | None = None, storage: str | None = None, heartbeat: float = 60.0,
               progress: bool = True, stream: TextIO | None = None) -> list[dict[str, Any]]:
     """Train every run into ``out_dir/<experiment>/seed<N>``. A finished run is skipped, an interrupted one resumed;
-    a folder holding a run of another config is an error (choose another --out)."""
+    a folder holding a run of another config is an error (choose another --out).
+
+    ``storage`` (an SQLAlchemy URL): the runs are shared by every process started with the same study, options and
+    storage, on this machine or others (resbudget.search.queue); each writes the runs it does to its own ``out_dir``,
+    and ``study.json`` lists every finished run of all of them."""
     runs = study_configs(study, only=only, epochs=epochs, seeds=seeds)
     out_dir = Path(out_dir)
+    if storage is not None:
+        return _run_shared(study, runs, out_dir, storage, heartbeat, data_dir, data, progress, stream)
     summaries = []
     for i, (name, seed, config) in enumerate(runs, 1):
         run_dir = out_dir / name / f"seed{seed}"
@@ -80,6 +86,40 @@ def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: lis
         started = (run_dir / "config.toml").is_file()  # finished or interrupted: resume (a finished run returns at once)
         summary = train_run(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
         summaries.append({"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary})
+    write_text(out_dir / "study.json", json.dumps(
+        [{k: v for k, v in s.items() if k != "config"} for s in summaries], indent=2) + "\n")
+    return summaries
+
+
+def _run_shared(study: str | os.PathLike, runs: list[tuple[str, int, Config]], out_dir: Path, storage: str,
+                heartbeat: float, data_dir: str | os.PathLike | None, data: CIFAR10 | None, progress: bool,
+                stream: TextIO | None) -> list[dict[str, Any]]:
+    from ..search.queue import run_queue  # optuna: only for a shared study
+
+    by_job = {(name, seed): config for name, seed, config in runs}
+    epochs = {config.train.epochs for _, _, config in runs}
+    queue = f"study-{Path(study).name}-e{'-'.join(map(str, sorted(epochs)))}"
+    loaded: list[CIFAR10] = [data] if data is not None else []
+
+    def work(job: dict[str, Any]) -> dict[str, Any]:
+        name, seed = job["experiment"], job["seed"]
+        run_dir = out_dir / name / f"seed{seed}"
+        if progress:
+            print(f"{name} seed {seed} -> {run_dir}", file=stream, flush=True)
+        if not loaded:
+            loaded.append(load_cifar10(data_dir))
+        started = (run_dir / "config.toml").is_file()
+        summary = train_run(by_job[(name, seed)], run_dir, resume=started, data=loaded[0], progress=progress,
+                            stream=stream)
+        return {"experiment": name, "seed": seed, "run_dir": str(run_dir),
+                **{k: v for k, v in summary.items() if k != "config"},
+                "config": {"experiment": dataclasses.asdict(by_job[(name, seed)].experiment)}}
+
+    jobs = [{"experiment": name, "seed": seed} for name, seed, _ in runs]
+    results = run_queue(queue, storage, jobs, work, heartbeat=heartbeat,
+                        say=lambda text: print(text, file=stream, flush=True))
+    summaries = [results[k] for k in (json.dumps(j, sort_keys=True) for j in jobs) if k in results]
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "study.json", json.dumps(
         [{k: v for k, v in s.items() if k != "config"} for s in summaries], indent=2) + "\n")
     return summaries

@@ -160,16 +160,20 @@ def initial_model(config: Config) -> ResNet:
     return model
 
 
-def evaluate_epoch(model: ResNet, config: Config, val: Split | None, test: Split, epoch: int) -> dict[str, Any]:
+def evaluate_epoch(model: ResNet, config: Config, val: Split | None, test: Split | None,
+                   epoch: int) -> dict[str, Any]:
     """The held-out numbers of an epoch's row: validation every epoch (if there is a split), test after the last
-    epoch (with its TTA accuracy from the same pass) or every epoch where asked or watched."""
+    epoch (with its TTA accuracy from the same pass) or every epoch where asked or watched. Without ``test`` (a
+    search trial, which may not see the test set) the last epoch's validation pass gives the TTA accuracy instead."""
     t, last = config.train, epoch == config.train.epochs
     opts = dict(batch_size=t.eval_batch_size, precision=t.precision, channels_last=t.channels_last)
     row: dict[str, Any] = {"val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None}
     if val is not None:
-        r = evaluate(model, val, **opts)
+        r = evaluate(model, val, tta=t.tta if last and test is None else "none", **opts)
         row.update(val_loss=r["loss"], val_acc=r["accuracy"])
-    if last or t.eval_test_every_epoch or config.watches_test:
+        if "accuracy_tta" in r:
+            row["val_acc_tta"] = r["accuracy_tta"]
+    if test is not None and (last or t.eval_test_every_epoch or config.watches_test):
         r = evaluate(model, test, tta=t.tta if last else "none", **opts)
         row.update(test_loss=r["loss"], test_acc=r["accuracy"], test_acc_tta=r.get("accuracy_tta"))
     return row
@@ -186,11 +190,14 @@ def train_run(
     progress: bool = True,
     stream: TextIO | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    use_test: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` into the run folder ``out_dir`` and return the summary (also written as summary.json).
 
     The data: ``data`` if given (already loaded), else CIFAR-10 from ``data_dir`` (else $RESBUDGET_DATA_DIR, else the
-    cache folder), verified. ``resume``: continue the run in ``out_dir`` from its last finished epoch."""
+    cache folder), verified. ``resume``: continue the run in ``out_dir`` from its last finished epoch.
+    ``use_test = False`` (a search trial): the test set is never evaluated; the run needs a validation split, whose
+    final accuracy (with TTA) is the result."""
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
     config = open_run_folder(out_dir, config, resume)
@@ -198,6 +205,9 @@ def train_run(
     show = Progress(t.epochs, stream=stream, enabled=progress)
     device = select_device(t.device)
     params = check_spec(config.model, t.budget, allow_over_budget)  # from the spec alone, before anything is built
+    if not use_test and (not config.data.val_size or config.watches_test):
+        raise ConfigError("a run that may not see the test set needs a validation split (data.val_size > 0) and "
+                          "a schedule that does not watch the test set")
     with hold_run_folder(out_dir, resume):
         state_path = out_dir / "state.safetensors"
         if resume and not state_path.is_file() and (out_dir / "summary.json").is_file():
@@ -205,12 +215,13 @@ def train_run(
             return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         saved = load_state(state_path) if resume and state_path.is_file() else None
         return _train_in_folder(config, out_dir, saved, params, device, data if data is not None else data_dir,
-                                show, on_epoch_end, wall_start)
+                                show, on_epoch_end, wall_start, use_test)
 
 
 def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None, params: int, device: torch.device,
                      data: CIFAR10 | str | os.PathLike | None, show: Progress,
-                     on_epoch_end: Callable[[int, dict[str, Any]], None] | None, wall_start: float) -> dict[str, Any]:
+                     on_epoch_end: Callable[[int, dict[str, Any]], None] | None, wall_start: float,
+                     use_test: bool = True) -> dict[str, Any]:
     """The run itself, in a folder held by :func:`hold_run_folder`: ``data`` loaded or where to load it from."""
     t = config.train
     if device.type == "cuda":
@@ -256,23 +267,28 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
             on_epoch_end(state.epoch, row)
 
     last_row = fit(model, config, train, state, end_epoch=end_epoch, show=show,
-                   evaluate_epoch=lambda epoch: evaluate_epoch(model, config, val, test, epoch))
-    tta_acc = last_row.get("test_acc_tta") if last_row is not None else None
+                   evaluate_epoch=lambda epoch: evaluate_epoch(model, config, val, test if use_test else None, epoch))
+    held_out = test if use_test else val
+    tta_key = "test_acc_tta" if use_test else "val_acc_tta"
+    tta_acc = last_row.get(tta_key) if last_row is not None else None
     if t.tta != "none" and tta_acc is None:  # resumed after the last epoch's checkpoint
-        tta_acc = evaluate(model, test, tta=t.tta, batch_size=t.eval_batch_size, precision=t.precision,
+        tta_acc = evaluate(model, held_out, tta=t.tta, batch_size=t.eval_batch_size, precision=t.precision,
                            channels_last=t.channels_last)["accuracy_tta"]
     calibration = None
     if val is not None:  # held-out images: the temperature of calibrated probabilities (train/calibration.py)
         calibration = fit_and_report(model, val)
         save_weights(model, config.model, out_dir / "model.safetensors",
                      extra={"epoch": str(t.epochs), "temperature": repr(calibration["temperature"])})
-    summary = run_summary(config, log.rows, model_summary, params, tta_acc, data, device,
+    summary = run_summary(config, log.rows, model_summary, params, tta_acc if use_test else None, data, device,
                           round(wall_before + time.perf_counter() - wall_start, 2))
     summary["calibration"] = calibration
+    if not use_test:
+        summary.update(test_set_used=False, val_accuracy_tta=tta_acc)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
     with_tta = f" ({100 * tta_acc:.2f}% with {t.tta} TTA)" if tta_acc is not None else ""
-    show.message(f"final test accuracy {100 * summary['test_accuracy']:.2f}%{with_tta} after {t.epochs} epochs "
+    which, acc = ("test", summary["test_accuracy"]) if use_test else ("validation", summary["val_accuracy"])
+    show.message(f"final {which} accuracy {100 * acc:.2f}%{with_tta} after {t.epochs} epochs "
                  f"({summary['wall_seconds']:.0f} s) -> {out_dir}")
     return summary
 

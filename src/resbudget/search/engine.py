@@ -1,0 +1,319 @@
+"""A search over nets and recipes with Optuna: a TPE sampler, successive halving on the per-epoch validation accuracy,
+and a storage that any number of worker processes share.
+
+Every trial trains on the training set minus a validation split and is scored on that split (with the recipe's TTA
+views): the test set is never evaluated. The score is the final validation accuracy under the parameter budget (the
+study's question) and, with a time limit per trial, within that time on this machine (the fast-recipe question: a trial
+whose next epoch would end past the limit is stopped there).
+
+Storage: an SQLite file in the search folder by default; any SQLAlchemy URL (``postgresql+psycopg://...`` for workers
+on several machines). Each worker beats a heartbeat into the storage while it trains; a trial whose worker died is
+marked failed by the next worker that starts a trial, and run again from the start (at most twice). A trial cut short
+by Ctrl-C is run again when the search resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..data import CIFAR10, load_cifar10
+from ..models import DEFAULT_BUDGET
+from ..train import ConfigError, TrainingError, config_to_dict, train_run
+from .space import Rejected, Space, check_trial, fill_budget, load_space, trial_config
+
+PRUNE_FIRST_AT = 25  # % of a trial's epochs: successive halving's first rung, then 50%, then 100%
+MAX_RETRIES = 2  # runs of a trial whose worker died, after the first
+MAX_REJECTED_IN_A_ROW = 200
+
+
+class SearchError(ValueError):
+    """A search that cannot start or go on (its storage, its settings)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What every worker of one search shares, stored with the search so later workers need only its name."""
+
+    space: Space
+    budget: int = DEFAULT_BUDGET
+    macs_budget: int | None = None
+    trial_seconds: float | None = None  # None: no time limit (the parameter-budget objective)
+    val_size: int = 5000
+    seed: int = 0
+    fill: bool = False
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise SearchError(f"the parameter budget must be positive, got {self.budget}")
+        if self.macs_budget is not None and self.macs_budget < 1:
+            raise SearchError(f"the MACs budget must be positive, got {self.macs_budget}")
+        if self.trial_seconds is not None and not (self.trial_seconds > 0 and math.isfinite(self.trial_seconds)):
+            raise SearchError(f"the time per trial must be a positive number of seconds, got {self.trial_seconds}")
+        if self.val_size < 100:
+            raise SearchError(f"a search needs a validation split of at least 100 images, got {self.val_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space.to_dict(), "budget": self.budget, "macs_budget": self.macs_budget,
+                "trial_seconds": self.trial_seconds, "val_size": self.val_size, "seed": self.seed, "fill": self.fill}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
+        return cls(**{**data, "space": Space.from_dict(data["space"])})
+
+    def describe(self) -> str:
+        time_limit = f", at most {self.trial_seconds / 60:g} min per trial" if self.trial_seconds else ""
+        macs = f", {self.macs_budget:,} MACs" if self.macs_budget else ""
+        return (f"validation accuracy ({self.val_size:,} held-out training images) under {self.budget:,} "
+                f"parameters{macs}{time_limit}")
+
+
+def default_storage(out_dir: str | os.PathLike) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'search.db'}"
+
+
+def open_storage(url: str, heartbeat: float = 60.0) -> RDBStorage:
+    """The shared storage: heartbeats every ``heartbeat`` s; a trial silent for 3 beats is failed and retried."""
+    try:
+        with _quiet():
+            return RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
+                              grace_period=max(3, round(3 * heartbeat)),
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                              engine_kwargs={"pool_pre_ping": True})
+    except (SQLAlchemyError, ImportError, ValueError) as e:  # a bad URL, a missing driver, a server not there
+        raise SearchError(f"cannot open the search storage {_hide_password(url)}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna marks heartbeats, retries and grouped TPE as experimental: used on purpose here, so not warned of."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def _hide_password(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, user = head.rpartition("//")
+    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
+
+
+def open_search(name: str, storage: RDBStorage, settings: SearchSettings | None, create: bool = True) -> tuple[
+        optuna.Study, SearchSettings]:
+    """The search ``name`` in ``storage``: created with ``settings`` (if ``create``), or loaded, when its stored
+    settings must equal any given ones (a worker that joins needs none)."""
+    if not name or any(c in name for c in "/\\\n"):
+        raise SearchError(f"a search name must be a non-empty word without slashes, got {name!r}")
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name not in existing and not create:
+        have = ", ".join(sorted(existing)) or "none"
+        raise SearchError(f"no search {name!r} in its storage (searches there: {have}); pass --storage URL if it "
+                          "runs elsewhere")
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage)
+        for _ in range(100):  # a search another worker is creating gets its settings right after it exists
+            if "settings" in study.user_attrs:
+                break
+            time.sleep(0.1)
+        else:
+            raise SearchError(f"search {name!r} in this storage has no settings: it was not made by resbudget search")
+        stored = SearchSettings.from_dict(json.loads(study.user_attrs["settings"]))
+        if settings is not None and settings.to_dict() != stored.to_dict():
+            changed = sorted(k for k, v in settings.to_dict().items() if stored.to_dict()[k] != v)
+            raise SearchError(f"search {name!r} already exists with other settings ({', '.join(changed)} differ); "
+                              "join it without those options, or name a new search")
+        return study, stored
+    if settings is None:
+        settings = SearchSettings(space=load_space())
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+        return open_search(name, storage, settings)
+    study.set_user_attr("settings", json.dumps(settings.to_dict()))
+    base = settings.space.base_params()
+    if base is not None:  # the base recipe's draw is the first trial: every search measures what it has to beat
+        study.enqueue_trial(base, user_attrs={"base_recipe": True})
+    return study, settings
+
+
+def sampler_for(study: optuna.Study, settings: SearchSettings) -> optuna.samplers.TPESampler:
+    """TPE seeded with the search seed and the number of trials so far: one worker started on the same storage
+    draws the same trials; a worker joining others mid-trial draws afresh (seeded from the OS), so that two workers
+    never draw in step."""
+    trials = study.get_trials(deepcopy=False)
+    running = any(t.state == TrialState.RUNNING for t in trials)
+    seed = None if running else settings.seed + len(trials)
+    with _quiet():
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True, group=True,
+                                          constant_liar=True)
+
+
+def trained(trial: FrozenTrial) -> bool:
+    """Trials that count towards the search's number: finished or pruned, not rejected from the spec."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and "rejected" not in trial.user_attrs
+
+
+def _requeue_interrupted(study: optuna.Study) -> int:
+    """Run again the trials a Ctrl-C cut short (marked ``interrupted``) that were not yet run again."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials} | {t.system_attrs.get("failed_trial") for t in trials}
+    count = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            count += 1
+    return count
+
+
+class Objective:
+    """One trial: draw, check from the spec, train on the training set minus the validation split, score."""
+
+    def __init__(self, settings: SearchSettings, out_dir: Path, data: CIFAR10, stream: TextIO | None):
+        self.settings, self.out_dir, self.data, self.stream = settings, out_dir, data, stream
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        s = self.settings
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        try:
+            values = s.space.suggest(trial)
+            config = trial_config(s.space, values, val_size=s.val_size, seed=s.seed, budget=s.budget)
+            if s.fill:
+                config = dataclasses.replace(config, model=fill_budget(config.model, s.budget, s.macs_budget))
+            params, macs = check_trial(config, s.macs_budget)
+        except Rejected as e:
+            trial.set_user_attr("rejected", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        run_dir = self.out_dir / "trials" / f"trial-{trial.number:04d}"
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("macs", macs)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("config", config_to_dict(config))
+        epochs, start = config.train.epochs, time.perf_counter()
+
+        def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
+            elapsed = time.perf_counter() - start
+            trial.set_user_attr("seconds", round(elapsed, 2))
+            trial.set_user_attr("epochs_done", epoch)
+            if epoch == epochs:
+                return
+            trial.report(row["val_acc"], round(100 * epoch / epochs))
+            if trial.should_prune():
+                trial.set_user_attr("stopped", f"pruned after epoch {epoch} of {epochs} (validation "
+                                               f"{100 * row['val_acc']:.2f}%)")
+                raise optuna.TrialPruned()
+            if s.trial_seconds is not None and elapsed * (epoch + 1) / epoch > s.trial_seconds:
+                trial.set_user_attr("stopped", f"over time: epoch {epoch + 1} of {epochs} would end after "
+                                               f"{elapsed * (epoch + 1) / epoch:.0f} s")
+                raise optuna.TrialPruned()
+
+        try:
+            summary = train_run(config, run_dir, data=self.data, progress=False, on_epoch_end=on_epoch_end,
+                                use_test=False)
+        except TrainingError as e:  # diverged: a result of the drawn recipe, and as bad as results go
+            trial.set_user_attr("stopped", f"diverged: {e}")
+            raise optuna.TrialPruned(str(e)) from None
+        except ConfigError as e:  # what only the data's size shows (a batch larger than what drop_easy keeps)
+            trial.set_user_attr("rejected", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        value = summary["val_accuracy_tta"] if summary.get("val_accuracy_tta") is not None else summary["val_accuracy"]
+        trial.set_user_attr("seconds", summary["wall_seconds"])
+        trial.set_user_attr("val_accuracy", summary["val_accuracy"])
+        if s.trial_seconds is not None and summary["wall_seconds"] > s.trial_seconds:
+            trial.set_user_attr("stopped", f"over time: {summary['wall_seconds']:.0f} s")
+            raise optuna.TrialPruned()
+        return value
+
+
+def trial_line(trial: FrozenTrial, best: FrozenTrial | None) -> str:
+    """One line per finished trial: its value, size, time, and the best so far."""
+    u = trial.user_attrs
+    head = f"trial {trial.number:>3}"
+    if "rejected" in u:
+        return f"{head} rejected: {u['rejected']}"
+    size = f"{u['params']:,} params" if "params" in u else ""
+    took = f"{u['seconds']:.0f} s" if "seconds" in u else ""
+    if trial.state == TrialState.COMPLETE:
+        what = f"val {100 * trial.value:.2f}%"
+    elif trial.state == TrialState.PRUNED:
+        what = u.get("stopped", "pruned")
+    else:
+        what = f"{trial.state.name.lower()}"
+    best_text = f"best {100 * best.value:.2f}% (trial {best.number})" if best is not None else "best -"
+    return "  ".join(x for x in (head, what, size, took, "|", best_text) if x)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return max(done, key=lambda t: t.value) if done else None
+
+
+def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: str | None = None,
+               settings: SearchSettings | None = None, data_dir: str | os.PathLike | None = None,
+               data: CIFAR10 | None = None, heartbeat: float = 60.0,
+               stream: TextIO | None = None) -> optuna.Study:
+    """Work on the search ``name`` until it holds ``trials`` trained trials (all workers together), then return.
+
+    ``settings`` create the search (or must equal the stored ones); ``storage`` is an SQLAlchemy URL, by default an
+    SQLite file in ``out_dir``. Trial run folders go to ``out_dir/trials/``."""
+    if trials < 1:
+        raise SearchError(f"--trials must be >= 1, got {trials}")
+    out_dir = Path(out_dir)
+    if storage is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        storage = default_storage(out_dir)
+    optuna.logging.set_verbosity(logging.WARNING)
+    study, settings = open_search(name, open_storage(storage, heartbeat), settings)
+    requeued = _requeue_interrupted(study)
+
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
+    done = sum(trained(t) for t in study.get_trials(deepcopy=False))
+    say(f"search {name!r}: {settings.describe()}; {done} of {trials} trials done"
+        + (f", {requeued} interrupted trial(s) queued again" if requeued else ""))
+    if done >= trials:
+        return study
+    data = data if data is not None else load_cifar10(data_dir)
+    rejected_in_a_row = 0
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal rejected_in_a_row
+        say(trial_line(trial, best_trial(study)))
+        rejected_in_a_row = rejected_in_a_row + 1 if "rejected" in trial.user_attrs else 0
+        if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+            study.stop()
+            raise SearchError(f"{rejected_in_a_row} drawn configs in a row were rejected from their specs: narrow "
+                              "the space (--space) or raise the budget")
+        if sum(trained(t) for t in study.get_trials(deepcopy=False)) >= trials:
+            study.stop()
+
+    study.sampler = sampler_for(study, settings)
+    study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=PRUNE_FIRST_AT, reduction_factor=2)
+    objective = Objective(settings, out_dir, data, stream)
+    with contextlib.redirect_stderr(stream) if stream is not None else contextlib.nullcontext():
+        study.optimize(objective, callbacks=[after_trial], catch=(RuntimeError,), gc_after_trial=True)
+    return study
