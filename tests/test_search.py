@@ -274,6 +274,11 @@ def test_report_writes_the_table_fronts_and_a_best_config_train_takes(tmp_path, 
     best = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     config = load_config(tmp_path / "report" / "best.toml")
     assert config.model.to_dict() == best.user_attrs["config"]["model"] and config.data.val_size == 100
+    # every trial is a run folder that `resbudget report` reads, marked as scored on validation images
+    from resbudget.report import build_report
+
+    text = build_report([tmp_path / "s" / "trials"], tmp_path / "runs-report", figures=False).read_text()
+    assert f"s-trial-{best.number:04d} ‡" in text and "never read the test set" in text
 
 
 def test_confirm_retrains_on_every_image_and_reports_test_accuracy(tmp_path, tiny_space, small_cifar):

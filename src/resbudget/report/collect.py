@@ -41,6 +41,7 @@ class Row:
     paper_accuracy: list[float]
     watched_test: bool
     description: str = ""
+    validation_only: bool = False  # search trials: ``accuracies`` are on their validation split (no test was read)
     runs: list[Run] = field(default_factory=list)
 
     @property
@@ -112,7 +113,8 @@ def summarize_runs(runs: list[Run]) -> list[Row]:
                                   f"{seen[run.summary['seed']]} and {run.path}; report one of them")
             seen[run.summary["seed"]] = run.path
         for other in group[1:]:
-            if _recipe(config) != _recipe(other.summary["config"]) or other.summary["epochs"] != first["epochs"]:
+            if (_recipe(config) != _recipe(other.summary["config"]) or other.summary["epochs"] != first["epochs"]
+                    or (other.summary["test_accuracy"] is None) != (first["test_accuracy"] is None)):
                 raise ReportError(f"runs of experiment {name!r} differ in more than the seed: {group[0].path} vs "
                                   f"{other.path}")
         o = config["optim"]
@@ -122,10 +124,19 @@ def summarize_runs(runs: list[Run]) -> list[Row]:
         rows.append(Row(
             experiment=name, model=first.get("preset") or "custom", params=first["params"], macs=first["macs"],
             epochs=first["epochs"], schedule=describe_schedule(config), optimizer=optimizer,
-            seeds=[r.summary["seed"] for r in group], accuracies=[100 * r.summary["test_accuracy"] for r in group],
+            seeds=[r.summary["seed"] for r in group], accuracies=[100 * _accuracy(r.summary) for r in group],
             wall_seconds=statistics.mean(r.summary["wall_seconds"] for r in group),
             paper_accuracy=list(config.get("experiment", {}).get("paper_accuracy", [])),
             watched_test=any(r.summary.get("plateau_watched_test") for r in group),
             description=config.get("experiment", {}).get("description", ""), runs=group,
+            validation_only=first["test_accuracy"] is None,
         ))
     return rows
+
+
+def _accuracy(summary: dict[str, Any]) -> float:
+    """Final test accuracy; for a run that never read the test set (a search trial), its validation accuracy (with
+    TTA where it had it)."""
+    if summary["test_accuracy"] is not None:
+        return summary["test_accuracy"]
+    return summary.get("val_accuracy_tta") or summary["val_accuracy"]

@@ -188,8 +188,8 @@ def _requeue_interrupted(study: optuna.Study) -> int:
 class Objective:
     """One trial: draw, check from the spec, train on the training set minus the validation split, score."""
 
-    def __init__(self, settings: SearchSettings, out_dir: Path, data: CIFAR10, stream: TextIO | None):
-        self.settings, self.out_dir, self.data, self.stream = settings, out_dir, data, stream
+    def __init__(self, name: str, settings: SearchSettings, out_dir: Path, data: CIFAR10, stream: TextIO | None):
+        self.name, self.settings, self.out_dir, self.data, self.stream = name, settings, out_dir, data, stream
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.settings
@@ -198,6 +198,8 @@ class Objective:
         try:
             values = s.space.suggest(trial)
             config = trial_config(s.space, values, val_size=s.val_size, seed=s.seed, budget=s.budget)
+            config = dataclasses.replace(config, experiment=dataclasses.replace(
+                config.experiment, name=f"{self.name}-trial-{trial.number:04d}"))
             if s.fill:
                 config = dataclasses.replace(config, model=fill_budget(config.model, s.budget, s.macs_budget))
             params, macs = check_trial(config, s.macs_budget)
@@ -313,7 +315,7 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
 
     study.sampler = sampler_for(study, settings)
     study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=PRUNE_FIRST_AT, reduction_factor=2)
-    objective = Objective(settings, out_dir, data, stream)
+    objective = Objective(name, settings, out_dir, data, stream)
     with contextlib.redirect_stderr(stream) if stream is not None else contextlib.nullcontext():
         study.optimize(objective, callbacks=[after_trial], catch=(RuntimeError,), gc_after_trial=True)
     return study
