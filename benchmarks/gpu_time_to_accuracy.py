@@ -28,7 +28,7 @@ import torch
 
 from resbudget.data import CIFAR10, DataError, load_cifar10, synthetic_cifar10
 from resbudget.models import build_model, count_params
-from resbudget.train import RunFolderError, TrainingError, load_config, select_device, train_run
+from resbudget.train import RunFolderError, TrainingError, host_cpu, load_config, select_device, train_run
 from resbudget.train.config import ConfigError
 
 TTA6 = 'train.tta="flip-shift"'
@@ -80,7 +80,7 @@ def main() -> None:
     recipes = [parse_recipe(r) for r in a.recipes]
     device = select_device("auto")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, device {name}", flush=True)
+    print(f"torch {torch.__version__}, device {name}, host CPU {host_cpu()}", flush=True)
 
     def configure(source: str | None, overrides: list[str], seed: int, epochs: int | None):
         extra = [f"train.seed={seed}", "train.device=" + json.dumps(str(device))]
@@ -135,9 +135,9 @@ def main() -> None:
                         "epochs": config.train.epochs, "tta": config.train.tta, "runs": runs})
 
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "bench.json").write_text(json.dumps({"device": name, "torch": torch.__version__, "data": data.source,
+    (a.out / "bench.json").write_text(json.dumps({"device": name, "host_cpu": host_cpu(), "torch": torch.__version__, "data": data.source,
                                                    "results": results}, indent=2) + "\n")
-    print(f"\n{name}, torch {torch.__version__}; train s = the steps alone, run s = the whole train_run() call")
+    print(f"\n{name} on {host_cpu()}, torch {torch.__version__}; train s = the steps alone, run s = the whole train_run() call")
     print("| recipe | params | epochs | runs | train s | run s | test % | TTA % (views) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ def test_run_folder_holds_config_metrics_summary_and_weights(small_cifar, tmp_pa
     for key in ("config", "params", "macs", "test_accuracy", "wall_seconds", "epochs", "device", "torch_version",
                 "seed", "git_commit"):
         assert key in summary
+    assert f"({os.cpu_count()} cores" in summary["host_cpu"] and not summary["host_cpu"].startswith("(")
     assert json.loads((run / "summary.json").read_text()) == summary
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]

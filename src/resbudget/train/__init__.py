@@ -4,12 +4,12 @@ from .config import (Config, ConfigError, DataConfig, ExperimentConfig, OptimCon
 from .evaluate import autocast, batched_outputs, evaluate, evaluate_checkpoint, model_logits, select_device
 from .fit import TrainingError, TrainingState, fit
 from .optim import make_optimizer
-from .run import RunFolderError, calibrate_run, train_run
+from .run import RunFolderError, calibrate_run, host_cpu, train_run
 from .schedules import Schedule
 
 __all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "ExperimentConfig", "OptimConfig",
            "RunFolderError", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError", "TrainingState", "autocast",
            "batched_outputs", "calibrate_run", "config_from_dict", "config_to_dict", "config_to_toml",
-           "default_config", "evaluate", "evaluate_checkpoint", "fit", "load_config", "load_model", "load_state",
+           "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config", "load_model", "load_state",
            "make_optimizer", "model_logits", "save_state", "save_weights", "scale_epochs", "select_device",
            "temperature_of", "train_run"]

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import platform
 import subprocess
 import tempfile
 import time
@@ -52,6 +53,27 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def host_cpu() -> str:
+    """The host CPU's model name (CPU runs repeat bit for bit on one kind of CPU only, and a GPU loop bound by launches
+    runs at the speed of the CPU that drives it), and its core count."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    # the widest bf16 path oneDNN can take: runs on CPUs with different ones do not repeat bit for bit
+    isa = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
+                                          ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} ({os.cpu_count()} cores{', ' + isa if isa else ''})"
 
 
 def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> Config:
@@ -314,6 +336,7 @@ def run_summary(config: Config, rows: list[dict[str, Any]], model_summary: Any, 
         "train_seconds": round(sum(r.get("train_seconds") or 0.0 for r in rows), 3),  # the steps alone
         "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "host_cpu": host_cpu(),
         "torch_version": torch.__version__,
         "seed": t.seed,
         "git_commit": git_commit(),
