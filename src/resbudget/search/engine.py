@@ -4,7 +4,7 @@ and a storage that any number of worker processes share.
 Every trial trains on the training set minus a validation split and is scored on that split (with the recipe's TTA
 views): the test set is never evaluated. The score is the final validation accuracy under the parameter budget (the
 study's question) and, with a time limit per trial, within that time on this machine (the fast-recipe question: a trial
-whose next epoch would end past the limit is stopped there).
+whose run would end past the limit, at the pace of its last epoch, is stopped after that epoch).
 
 Storage: an SQLite file in the search folder by default; any SQLAlchemy URL (``postgresql+psycopg://...`` for workers
 on several machines). Each worker beats a heartbeat into the storage while it trains; a trial whose worker died is
@@ -188,8 +188,8 @@ def _requeue_interrupted(study: optuna.Study) -> int:
 class Objective:
     """One trial: draw, check from the spec, train on the training set minus the validation split, score."""
 
-    def __init__(self, name: str, settings: SearchSettings, out_dir: Path, data: CIFAR10, stream: TextIO | None):
-        self.name, self.settings, self.out_dir, self.data, self.stream = name, settings, out_dir, data, stream
+    def __init__(self, name: str, settings: SearchSettings, out_dir: Path, data: CIFAR10):
+        self.name, self.settings, self.out_dir, self.data = name, settings, out_dir, data
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.settings
@@ -212,9 +212,12 @@ class Objective:
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("config", config_to_dict(config))
         epochs, start = config.train.epochs, time.perf_counter()
+        ends = [start]
 
         def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
-            elapsed = time.perf_counter() - start
+            now = time.perf_counter()
+            elapsed, last = now - start, now - ends[-1]
+            ends.append(now)
             trial.set_user_attr("seconds", round(elapsed, 2))
             trial.set_user_attr("epochs_done", epoch)
             if epoch == epochs:
@@ -224,9 +227,12 @@ class Objective:
                 trial.set_user_attr("stopped", f"pruned after epoch {epoch} of {epochs} (validation "
                                                f"{100 * row['val_acc']:.2f}%)")
                 raise optuna.TrialPruned()
-            if s.trial_seconds is not None and elapsed * (epoch + 1) / epoch > s.trial_seconds:
-                trial.set_user_attr("stopped", f"over time: epoch {epoch + 1} of {epochs} would end after "
-                                               f"{elapsed * (epoch + 1) / epoch:.0f} s")
+            # the end of the run, from the last epoch's time (after the first, drop_easy skips part of the images)
+            per_epoch = last * (1 - config.train.drop_easy) if epoch == 1 else last
+            expected = elapsed + (epochs - epoch) * per_epoch
+            if s.trial_seconds is not None and expected > s.trial_seconds:
+                trial.set_user_attr("stopped", f"over time: stopped after epoch {epoch} of {epochs}, the run would "
+                                               f"end after about {expected:.0f} s")
                 raise optuna.TrialPruned()
 
         try:
@@ -315,7 +321,7 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
 
     study.sampler = sampler_for(study, settings)
     study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=PRUNE_FIRST_AT, reduction_factor=2)
-    objective = Objective(name, settings, out_dir, data, stream)
+    objective = Objective(name, settings, out_dir, data)
     with contextlib.redirect_stderr(stream) if stream is not None else contextlib.nullcontext():
         study.optimize(objective, callbacks=[after_trial], catch=(RuntimeError,), gc_after_trial=True)
     return study
