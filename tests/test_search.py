@@ -389,3 +389,19 @@ def test_counts_read_with_a_suffix():
 
     assert [parse_count(t) for t in ("5M", "2.5m", "500k", "5_000_000", "1,000")] == [5_000_000, 2_500_000, 500_000,
                                                                                        5_000_000, 1000]
+
+
+def test_a_failing_trial_is_one_line_and_the_search_goes_on(tmp_path, tiny_space, small_cifar, monkeypatch, capsys):
+    real, calls = engine.train_run, []
+
+    def failing_first(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory\nsecond line")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine, "train_run", failing_first)
+    study = run_search("f", trials=2, out_dir=tmp_path / "f", settings=settings_for(tiny_space), data=small_cifar)
+    assert [t.state.name for t in study.trials][0] == "FAIL"
+    out = capsys.readouterr()
+    assert "trial   0  failed: RuntimeError: out of memory second line" in out.out and "Traceback" not in out.err

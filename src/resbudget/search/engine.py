@@ -247,6 +247,9 @@ class Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
+        except Exception as e:  # noqa: BLE001 - recorded, then optuna fails the trial (or the search, if not caught)
+            trial.set_user_attr("error", " ".join(f"{type(e).__name__}: {e}".split()))
+            raise
         value = summary["val_accuracy_tta"] if summary.get("val_accuracy_tta") is not None else summary["val_accuracy"]
         trial.set_user_attr("seconds", summary["wall_seconds"])
         trial.set_user_attr("val_accuracy", summary["val_accuracy"])
@@ -268,8 +271,8 @@ def trial_line(trial: FrozenTrial, best: FrozenTrial | None) -> str:
         what = f"val {100 * trial.value:.2f}%"
     elif trial.state == TrialState.PRUNED:
         what = u.get("stopped", "pruned")
-    else:
-        what = f"{trial.state.name.lower()}"
+    else:  # failed: the error, in one line (optuna's own log of it is silenced)
+        what = f"failed: {u['error']}" if "error" in u else trial.state.name.lower()
     best_text = f"best {100 * best.value:.2f}% (trial {best.number})" if best is not None else "best -"
     return "  ".join(x for x in (head, what, size, took, "|", best_text) if x)
 
@@ -293,7 +296,7 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
     if storage is None:
         out_dir.mkdir(parents=True, exist_ok=True)
         storage = default_storage(out_dir)
-    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.set_verbosity(logging.ERROR)  # a trial's end is one line of ours; a Ctrl-C, one line of the CLI
     study, settings = open_search(name, open_storage(storage, heartbeat), settings)
     requeued = _requeue_interrupted(study)
 
