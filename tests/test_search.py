@@ -402,6 +402,6 @@ def test_a_failing_trial_is_one_line_and_the_search_goes_on(tmp_path, tiny_space
 
     monkeypatch.setattr(engine, "train_run", failing_first)
     study = run_search("f", trials=2, out_dir=tmp_path / "f", settings=settings_for(tiny_space), data=small_cifar)
-    assert [t.state.name for t in study.trials][0] == "FAIL"
+    assert study.trials[0].state.name == "FAIL"
     out = capsys.readouterr()
     assert "trial   0  failed: RuntimeError: out of memory second line" in out.out and "Traceback" not in out.err

@@ -247,7 +247,7 @@ class Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
-        except Exception as e:  # noqa: BLE001 - recorded, then optuna fails the trial (or the search, if not caught)
+        except Exception as e:  # recorded, then optuna fails the trial (or the search, if not caught)
             trial.set_user_attr("error", " ".join(f"{type(e).__name__}: {e}".split()))
             raise
         value = summary["val_accuracy_tta"] if summary.get("val_accuracy_tta") is not None else summary["val_accuracy"]
