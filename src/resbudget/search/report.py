@@ -25,7 +25,9 @@ COLUMNS = ("trial", "state", "val_acc", "params", "macs", "seconds", "epochs", "
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
     u = t.user_attrs
-    note = u.get("rejected") or u.get("stopped") or ("the base recipe's values" if u.get("base_recipe") else "")
+    note = (u.get("rejected") or u.get("stopped") or (f"failed: {u['error']}" if "error" in u else "")
+            or ("interrupted (run again)" if u.get("interrupted") else "")
+            or ("the base recipe's values" if u.get("base_recipe") else ""))
     retry = t.system_attrs.get("failed_trial", u.get("retry_of"))
     if retry is not None:
         note = f"retry of trial {retry}" + (f"; {note}" if note else "")
