@@ -115,7 +115,7 @@ def test_a_shared_study_runs_each_job_once_over_its_workers(tmp_path, synthetic_
     from tests.conftest import cli_in_child
 
     study = _tiny_study(tmp_path / "s", names=("a", "b", "c"))
-    argv = ["study", str(study), "--epochs", "1", "--seeds", "2", "--storage", postgres_url, "--heartbeat", "1",
+    argv = ["study", str(study), "--epochs", "1", "--seeds", "2", "--storage", postgres_url, "--heartbeat", "2",
             "--data-dir", str(synthetic_dir), "--quiet"]
     workers = [subprocess.Popen(cli_in_child(synthetic_dir, 510, 256, [*argv, "--out", str(tmp_path / f"w{i}")]),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
