@@ -204,13 +204,14 @@ def _search_folder(args: argparse.Namespace) -> Path:
     return args.out or Path("runs") / "search" / args.name
 
 
-def _search_storage(args: argparse.Namespace, must_exist: bool) -> str:
+def _search_storage(args: argparse.Namespace) -> str:
+    """The storage of an existing search: --storage, or the SQLite file of its folder, which must be there."""
     from .search import SearchError, default_storage
 
     if args.storage:
         return args.storage
     folder = _search_folder(args)
-    if must_exist and not (folder / "search.db").is_file():
+    if not (folder / "search.db").is_file():
         raise SearchError(f"no search {args.name!r} at {folder} (no search.db there); pass --out DIR or --storage URL "
                           "where it runs")
     return default_storage(folder)
@@ -240,7 +241,7 @@ def cmd_search_report(args: argparse.Namespace) -> int:
     _need_search_extra()
     from .search import format_table, open_search, open_storage, search_report
 
-    study, settings = open_search(args.name, open_storage(_search_storage(args, True)), None, create=False)
+    study, settings = open_search(args.name, open_storage(_search_storage(args)), None, create=False)
     r = search_report(study, args.report_dir or _search_folder(args) / "report")
     print(f"search {args.name!r}: {settings.describe()}")
     print(format_table(r["rows"]))
@@ -256,7 +257,7 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
     _need_search_extra()
     from .search import confirm_search, open_search, open_storage
 
-    study, _ = open_search(args.name, open_storage(_search_storage(args, True)), None, create=False)
+    study, _ = open_search(args.name, open_storage(_search_storage(args)), None, create=False)
     confirm_search(study, args.confirm_dir or _search_folder(args) / "confirm", top=args.top, seeds=args.seeds,
                    with_base=args.with_base, data_dir=args.data_dir)
     return 0

@@ -139,4 +139,5 @@ def _accuracy(summary: dict[str, Any]) -> float:
     TTA where it had it)."""
     if summary["test_accuracy"] is not None:
         return summary["test_accuracy"]
-    return summary.get("val_accuracy_tta") or summary["val_accuracy"]
+    tta = summary.get("val_accuracy_tta")
+    return tta if tta is not None else summary["val_accuracy"]

@@ -32,7 +32,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET
@@ -92,11 +92,18 @@ def default_storage(out_dir: str | os.PathLike) -> str:
 def open_storage(url: str, heartbeat: float = 60.0) -> RDBStorage:
     """The shared storage: heartbeats every ``heartbeat`` s; a trial silent for 3 beats is failed and retried."""
     try:
-        with _quiet():
-            return RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
-                              grace_period=max(3, round(3 * heartbeat)),
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-                              engine_kwargs={"pool_pre_ping": True})
+        for attempt in range(5):
+            try:
+                with _quiet():
+                    return RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
+                                      grace_period=max(3, round(3 * heartbeat)),
+                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                          max_retry=MAX_RETRIES),
+                                      engine_kwargs={"pool_pre_ping": True})
+            except IntegrityError:  # workers started together on a new database both create its tables: one wins
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except (SQLAlchemyError, ImportError, ValueError) as e:  # a bad URL, a missing driver, a server not there
         raise SearchError(f"cannot open the search storage {_hide_password(url)}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -46,9 +46,7 @@ def run_queue(name: str, storage_url: str, jobs: list[dict[str, Any]], work: Cal
     keys = [json.dumps(j, sort_keys=True) for j in jobs]
     if len(set(keys)) != len(keys):
         raise SearchError("the jobs of a queue must differ")
-    with _quiet():
-        storage = open_storage(storage_url, heartbeat)
-        study = _open_queue(name, storage, keys)
+    study = _open_queue(name, open_storage(storage_url, heartbeat), keys)
     taken = {t.user_attrs.get("job") for t in study.get_trials(deepcopy=False) if t.state in (
         TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
     for key in keys:  # a job that failed, or was cut short by Ctrl-C, goes back in the queue

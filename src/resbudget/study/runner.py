@@ -86,6 +86,11 @@ def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: lis
         started = (run_dir / "config.toml").is_file()  # finished or interrupted: resume (a finished run returns at once)
         summary = train_run(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
         summaries.append({"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary})
+    return _write_study_json(out_dir, summaries)
+
+
+def _write_study_json(out_dir: Path, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "study.json", json.dumps(
         [{k: v for k, v in s.items() if k != "config"} for s in summaries], indent=2) + "\n")
     return summaries
@@ -111,15 +116,10 @@ def _run_shared(study: str | os.PathLike, runs: list[tuple[str, int, Config]], o
         started = (run_dir / "config.toml").is_file()
         summary = train_run(by_job[(name, seed)], run_dir, resume=started, data=loaded[0], progress=progress,
                             stream=stream)
-        return {"experiment": name, "seed": seed, "run_dir": str(run_dir),
-                **{k: v for k, v in summary.items() if k != "config"},
-                "config": {"experiment": dataclasses.asdict(by_job[(name, seed)].experiment)}}
+        return {"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary}
 
     jobs = [{"experiment": name, "seed": seed} for name, seed, _ in runs]
     results = run_queue(queue, storage, jobs, work, heartbeat=heartbeat,
                         say=lambda text: print(text, file=stream, flush=True))
-    summaries = [results[k] for k in (json.dumps(j, sort_keys=True) for j in jobs) if k in results]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "study.json", json.dumps(
-        [{k: v for k, v in s.items() if k != "config"} for s in summaries], indent=2) + "\n")
-    return summaries
+    return _write_study_json(out_dir, [results[k] for k in (json.dumps(j, sort_keys=True) for j in jobs)
+                                       if k in results])

@@ -243,7 +243,7 @@ def train_run(
 def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None, params: int, device: torch.device,
                      data: CIFAR10 | str | os.PathLike | None, show: Progress,
                      on_epoch_end: Callable[[int, dict[str, Any]], None] | None, wall_start: float,
-                     use_test: bool = True) -> dict[str, Any]:
+                     use_test: bool) -> dict[str, Any]:
     """The run itself, in a folder held by :func:`hold_run_folder`: ``data`` loaded or where to load it from."""
     t = config.train
     if device.type == "cuda":
@@ -252,6 +252,8 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
     model_summary = summarize(config.model, model)
     data = data if isinstance(data, CIFAR10) else load_cifar10(data)
     train, val, test = prepare_splits(config, data, device)
+    if not use_test:  # a search trial: nothing below can reach the test set
+        test = None
     if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
         whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]), t.whiten_eps)
     if saved is None and not (out_dir / "config.toml").is_file():
@@ -289,10 +291,9 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
             on_epoch_end(state.epoch, row)
 
     last_row = fit(model, config, train, state, end_epoch=end_epoch, show=show,
-                   evaluate_epoch=lambda epoch: evaluate_epoch(model, config, val, test if use_test else None, epoch))
+                   evaluate_epoch=lambda epoch: evaluate_epoch(model, config, val, test, epoch))
     held_out = test if use_test else val
-    tta_key = "test_acc_tta" if use_test else "val_acc_tta"
-    tta_acc = last_row.get(tta_key) if last_row is not None else None
+    tta_acc = last_row.get("test_acc_tta" if use_test else "val_acc_tta") if last_row is not None else None
     if t.tta != "none" and tta_acc is None:  # resumed after the last epoch's checkpoint
         tta_acc = evaluate(model, held_out, tta=t.tta, batch_size=t.eval_batch_size, precision=t.precision,
                            channels_last=t.channels_last)["accuracy_tta"]
