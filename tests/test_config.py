@@ -176,7 +176,7 @@ BEFORE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs_1c09d75.jso
 DELETED = {("train", "tune_allocator"): False, ("train", "compile"): False, ("data", "small_crop"): 0,
            ("data", "small_crop_epochs"): 0, ("data", "data_dir"): "", ("model", "stem_padding"): "auto"}
 # added since 1c09d75, with the value that does what the code did before the key existed
-ADDED = {("train", "whiten_eps"): 5e-4, ("data", "noise"): 0.0}
+ADDED = {("train", "whiten_eps"): 5e-4, ("data", "noise"): 0.0, ("train", "ema"): 0.0, ("data", "policy"): "none"}
 
 
 @pytest.mark.parametrize("name", ["default", *CONFIG_FILES])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .cifar10 import MEAN, STD
+from .policy import trivial_augment_normalized
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -95,6 +96,7 @@ class Augment:
     rotate_degrees: float = 0.0
     cutout: int = 0
     noise: float = 0.0  # pixel noise: each image gets normal noise of a sigma drawn uniformly in [0, noise] (0-1 scale)
+    policy: str = "none"  # "trivial": one TrivialAugment operation per image (data/policy.py), after crop and flip
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: a normalised float batch on the generator's device. ``flips``: which images to mirror (e.g.
@@ -102,5 +104,7 @@ class Augment:
         x = random_crop(x, self.crop_padding, self.pad_mode, g)
         if self.flip:
             x = random_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
+        if self.policy == "trivial":
+            x = trivial_augment_normalized(x, g)
         x = random_rotate(x, self.rotate_degrees, g)
         return add_noise(cutout(x, self.cutout, g), self.noise, g)

@@ -49,6 +49,7 @@ class DataConfig:
     rotate_degrees: float = 0.0
     cutout: int = 0
     noise: float = 0.0  # training images get pixel noise of a sigma uniform in [0, noise] (0-1 scale; 0 = none)
+    policy: Literal["none", "trivial"] = "none"  # trivial: one TrivialAugment operation per image (data/policy.py)
     train_limit: int = 0  # use only the first N training images (0 = all): smoke tests, never results
     test_limit: int = 0
 
@@ -106,6 +107,8 @@ class TrainConfig:
     dirac_init: bool = True  # every 3x3 conv after the stem starts with its first in_channels filters as identities
     drop_easy: float = 0.5  # from the second epoch on, skip this fraction of the training images: those with the
     # lowest loss when the net last trained on them (the training pass's own losses: no extra forward pass)
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights with this decay per step
+    # (train/average.py; 0 = the trained weights themselves)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ class Config:
             raise ConfigError(f"train.whiten_eps must be a positive number, got {t.whiten_eps}")
         if not 0.0 <= t.drop_easy < 1.0:
             raise ConfigError(f"train.drop_easy must be a fraction in [0, 1), got {t.drop_easy}")
+        if not 0.0 <= t.ema < 1.0:
+            raise ConfigError(f"train.ema must be a decay per step in [0, 1) (0 = no average), got {t.ema}")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
         if self.optim.lr <= 0 or not math.isfinite(self.optim.lr):

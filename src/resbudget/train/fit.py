@@ -7,6 +7,7 @@ the net's device and a :class:`TrainingState`, and after each epoch hands a row 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from torch import nn
 from ..data import Augment, Split, alternating_flip_base, alternating_flips, normalize
 from ..models import ResNet
 from ..models.prepare import train_stem_bias_
+from .average import WeightAverage
 from .config import Config, DataConfig
 from .evaluate import autocast
 from .metrics import Progress
@@ -32,20 +34,23 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainingState:
-    """What training needs to go on after an epoch: the optimiser, the schedule, the epochs done and, with
-    ``train.drop_easy``, each training image's loss when it was last trained on (never seen: infinite)."""
+    """What training needs to go on after an epoch: the optimiser, the schedule, the epochs done, with
+    ``train.drop_easy`` each training image's loss when it was last trained on (never seen: infinite), and with
+    ``train.ema`` the average of the weights."""
 
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     epoch: int = 0
     last_loss: torch.Tensor | None = None
+    average: WeightAverage | None = None
 
     @classmethod
     def start(cls, config: Config, model: ResNet, n_train: int) -> TrainingState:
         device = next(model.parameters()).device
         last_loss = torch.full((n_train,), float("inf"), device=device) if config.train.drop_easy else None
+        average = WeightAverage(model, config.train.ema) if config.train.ema else None
         return cls(make_optimizer(config, model), Schedule(config.schedule, config.optim.lr, config.train.epochs),
-                   0, last_loss)
+                   0, last_loss, average)
 
 
 def images_kept(n: int, drop: float) -> int:
@@ -69,7 +74,7 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 
 def make_augment(d: DataConfig) -> Augment:
-    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout, d.noise)
+    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout, d.noise, d.policy)
 
 
 def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
@@ -78,7 +83,8 @@ def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
     """Train ``model`` from ``state.epoch`` to ``train.epochs`` on ``train`` (on the model's device), updating
     ``state``. After each epoch: ``evaluate_epoch(epochs done)`` adds its held-out numbers to the epoch's row, the
     schedule sees the monitored accuracy, then ``end_epoch(state, row)`` (logging, checkpoints). Returns the last
-    row (None if no epoch was left to run)."""
+    row (None if no epoch was left to run). With ``train.ema`` the net keeps its live weights: the caller puts the
+    average in (``state.average.copy_to_model()``) when training is over."""
     t, device = config.train, train.images.device
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train), t.batch_size
@@ -110,6 +116,8 @@ def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()
+            if state.average is not None:
+                state.average.update()
             if state.last_loss is not None:
                 state.last_loss[idx] = losses.detach().float()
             loss_sum += loss.detach().float()
@@ -119,8 +127,9 @@ def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
         if not math.isfinite(train_loss):
             raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
         train_seconds = time.perf_counter() - epoch_start
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": int(correct) / (steps * bs),
-               **evaluate_epoch(epoch + 1)}
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": int(correct) / (steps * bs)}
+        with state.average.applied() if state.average is not None else contextlib.nullcontext():
+            row.update(evaluate_epoch(epoch + 1))  # the held-out numbers are the averaged net's
         row.update(seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds,
                    images_per_s=steps * bs / train_seconds)
         state.schedule.end_epoch(row["test_acc"] if config.watches_test else row["val_acc"])

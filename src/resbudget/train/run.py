@@ -27,9 +27,23 @@ from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
 from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
-from .checkpoint import CheckpointError, load_state, model_from_weights, read_weights, save_state, save_weights
-from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from .calibration import calibration_metrics, fit_temperature
+from .checkpoint import (
+    CheckpointError,
+    load_state,
+    model_from_weights,
+    read_weights,
+    save_state,
+    save_weights,
+)
+from .config import (
+    STUDY_MODE_NOTE,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    config_to_toml,
+)
 from .evaluate import evaluate, model_logits, select_device
 from .fit import TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
@@ -274,6 +288,11 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
         state.epoch, wall_before = int(saved["epoch"]), float(saved["wall_seconds"])
         if state.last_loss is not None and "last_loss" in saved:
             state.last_loss.copy_(saved["last_loss"])
+        if state.average is not None:
+            if "average" not in saved:
+                raise CheckpointError(f"{out_dir}: the run trains with train.ema but its saved state has no weight "
+                                      "average to resume from")
+            state.average.load_state_dict(saved["average"])
         torch.set_rng_state(saved["cpu_rng"])
         show.message(f"resuming {out_dir} after epoch {state.epoch}")
     log = MetricsLog(out_dir, keep_until_epoch=state.epoch)
@@ -281,17 +300,21 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
     def end_epoch(state: TrainingState, row: dict[str, Any]) -> None:
         log.append(row)
         show.epoch(row)
-        save_weights(model, config.model, out_dir / "model.safetensors", extra={"epoch": str(state.epoch)})
+        with state.average.applied() if state.average is not None else contextlib.nullcontext():
+            save_weights(model, config.model, out_dir / "model.safetensors", extra={"epoch": str(state.epoch)})
         save_state({"model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
                     "schedule": state.schedule.state_dict(), "cpu_rng": torch.get_rng_state(), "epoch": state.epoch,
                     "wall_seconds": wall_before + time.perf_counter() - wall_start,
-                    **({"last_loss": state.last_loss} if state.last_loss is not None else {})},
+                    **({"last_loss": state.last_loss} if state.last_loss is not None else {}),
+                    **({"average": state.average.state_dict()} if state.average is not None else {})},
                    out_dir / "state.safetensors")
         if on_epoch_end is not None:
             on_epoch_end(state.epoch, row)
 
     last_row = fit(model, config, train, state, end_epoch=end_epoch, show=show,
                    evaluate_epoch=lambda epoch: evaluate_epoch(model, config, val, test, epoch))
+    if state.average is not None:  # the average is the result: TTA, calibration and the saved weights are its
+        state.average.copy_to_model()
     held_out = test if use_test else val
     tta_acc = last_row.get("test_acc_tta" if use_test else "val_acc_tta") if last_row is not None else None
     if t.tta != "none" and tta_acc is None:  # resumed after the last epoch's checkpoint
