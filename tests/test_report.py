@@ -80,3 +80,15 @@ def test_architecture_diagram_of_presets(name, tmp_path):
     from resbudget.report import plot_architecture
     path = plot_architecture(get_preset(name), name, tmp_path / f"{name}.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_the_accuracy_time_curve_is_drawn_and_refuses_nothing_to_draw(tmp_path):
+    from resbudget.report import plot_accuracy_time
+
+    points = [{"curve": c, "label": f"{e} ep", "seconds": 10.0 * e, "accuracy": a + e / 10}
+              for c, a in (("no TTA", 90.0), ("TTA", 91.0)) for e in (1, 2, 4)]
+    path = plot_accuracy_time(points, {"the study": 94.55}, tmp_path / "fig" / "curve.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="no points"):
+        plot_accuracy_time([], {}, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()

@@ -116,6 +116,29 @@ def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, title: str = "") -> Path:
+    """Final test accuracy against wall time per run, one curve per key: each point a dict with ``seconds``,
+    ``accuracy`` (%) and ``label`` (e.g. the epochs), averaged over its seeds by the caller; ``marks`` are reference
+    accuracies (the study's numbers) drawn as horizontal lines, since their time on this machine is not known."""
+    if not points:
+        raise ValueError("no points to plot: run at least one recipe")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for key in dict.fromkeys(p["curve"] for p in points):
+        curve = sorted((p for p in points if p["curve"] == key), key=lambda p: p["seconds"])
+        ax.plot([p["seconds"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=key)
+        for p in curve:
+            ax.annotate(str(p["label"]), (p["seconds"], p["accuracy"]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7)
+    for i, (name, value) in enumerate(marks.items()):
+        ax.axhline(value, ls="--", lw=1, color=f"C{(i + 3) % 10}", label=f"{name}: {value:.2f}%")
+    ax.set_xscale("log")
+    ax.set(xlabel="wall time per run (s, log scale)", ylabel="final-epoch test accuracy (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:  # noqa: ANN001
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
