@@ -101,3 +101,12 @@ def test_an_unwritable_run_folder_is_a_clean_error(capsys, tmp_path, synthetic_d
                        "--out", str(blocker / "run"))
     assert code == 2 and "error:" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_train_best_says_which_recipe_it_runs(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run(capsys, "train", "best", "--data-dir", "/nonexistent")
+    assert "best: the best-cpu recipe (no CUDA device" in out
+    assert code == 2 and "CIFAR-10 not found" in err  # the recipe resolved; only the data was missing

@@ -230,7 +230,7 @@ def test_a_file_lays_its_keys_over_its_base(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('base = "nope"\n', "unknown base 'nope'; use one of default, study, or a .toml file"),
+    ('base = "nope"\n', "unknown base 'nope'; use one of default, best-cpu, best-gpu, study, or a .toml file"),
     ('base = "missing.toml"\n', "missing.toml does not exist"),
     ('base = "loop.toml"\n', "the bases form a loop"),
     ("base = 3\n", "base: expected a base name or a .toml file, got 3"),
@@ -252,3 +252,27 @@ def test_removed_knobs_at_their_no_op_values_still_read(tmp_path):
     (tmp_path / "old.toml").write_text("[train]\ncompile = false\ntune_allocator = false\n[data]\nsmall_crop = 0\n"
                                        "[model]\nstem_padding = 'auto'\n")
     assert load_config(tmp_path / "old.toml") == default_config()
+
+
+def test_best_names_the_recipe_of_this_machine_and_every_named_base_loads():
+    from resbudget.models import list_presets
+    from resbudget.train.config import BASES_DIR, best_base
+
+    assert best_base(cuda=True) == "best-gpu" and best_base(cuda=False) == "best-cpu"
+    assert load_config("best") == load_config(best_base())
+    assert load_config("default") == load_config(None)
+    bases = {p.stem for p in BASES_DIR.glob("*.toml")}
+    assert {"study", "best-cpu", "best-gpu"} <= bases
+    assert not bases & set(list_presets())  # a bare name must mean one thing
+    assert load_config("best-gpu").model.stage_widths == (160, 384, 384)
+
+
+@pytest.mark.parametrize("name", ["default", "best-cpu", "best-gpu", "study", *CONFIG_FILES])
+def test_every_recipe_and_base_stays_under_its_budget(name):
+    from resbudget.models import DEFAULT_BUDGET, check_spec
+
+    config = load_config(name if name in ("default", "best-cpu", "best-gpu", "study") else REPO / name)
+    params = check_spec(config.model, config.train.budget, allow_over_budget=True)
+    assert params <= config.train.budget, (name, params)
+    # Only the study's 11.2M ResNet-18 reference raises the 5M budget, and says so.
+    assert config.train.budget == DEFAULT_BUDGET or name == "experiments/paper/arch-resnet18.toml", name

@@ -73,6 +73,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = None
     if not args.resume or args.config or args.set:
         config = load_config(args.config, args.set or [])
+    if args.config == "best" and not args.quiet:
+        from .train.config import best_base
+
+        which = "CUDA is available" if best_base() == "best-gpu" else "no CUDA device"
+        print(f"best: the {best_base()} recipe ({which}; src/resbudget/train/bases/{best_base()}.toml)", flush=True)
     if args.download:
         download_cifar10(args.data_dir)
     out = args.out
@@ -343,8 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_arch)
 
-    s = sub.add_parser("train", help="train a preset or config on CIFAR-10 (no argument: the default recipe)")
-    s.add_argument("config", nargs="?", metavar="PRESET|CONFIG.toml")
+    s = sub.add_parser("train", help="train a preset or config on CIFAR-10 (no argument: the default recipe; best: "
+                       "the most accurate recipe measured for this machine)")
+    s.add_argument("config", nargs="?", metavar="PRESET|BASE|CONFIG.toml",
+                   help="a preset (that net under the study's recipe), a named base (default, study, best, best-cpu, "
+                   "best-gpu) or a config file")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
     s.add_argument("--out", type=Path, metavar="DIR", help="run folder (default runs/NAME-TIMESTAMP)")
     s.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 folder or archive (default $RESBUDGET_DATA_DIR)")

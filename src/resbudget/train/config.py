@@ -341,17 +341,33 @@ def overrides_layer(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def load_config(source: str | Path | dict[str, Any] | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """None: the default recipe; a TOML file (over its base); a preset name: that net under the ``study`` base; a
-    dict: a file's tables. Then the ``--set`` overrides."""
-    if source is None or isinstance(source, dict):
-        resolved = _resolve(source or {}, None)
+    """None or ``"default"``: the default recipe; a TOML file (over its base); a base name (``study``, ``best-cpu``,
+    ``best-gpu``; ``best``: the one for this machine, :func:`best_base`); a preset name: that net under the ``study``
+    base; a dict: a file's tables. Then the ``--set`` overrides."""
+    if source == "best":
+        source = best_base()
+    if source is None or isinstance(source, dict) or source == "default":
+        resolved = _resolve(source if isinstance(source, dict) else {}, None)
     elif Path(source).suffix == ".toml" or Path(source).is_file():
         path = Path(source)
         resolved = _resolve(read_toml(path, ConfigError), path.resolve(), (path.resolve(),))
+    elif (BASES_DIR / f"{source}.toml").is_file():
+        resolved = _resolve({"base": str(source)}, None)
     else:
         get_preset(str(source))  # an unknown name fails here, listing the presets
         resolved = _resolve({"base": "study", "preset": str(source)}, None)
     return _build_config(_merge(resolved, overrides_layer(overrides), "--set"))
+
+
+def best_base(cuda: bool | None = None) -> str:
+    """The base of ``resbudget train best``: the most accurate recipe measured within the parameter budget for a GPU
+    (``best-gpu``) or for a 2-core CPU (``best-cpu``), by whether CUDA is available (``cuda`` overrides the check).
+    Their files say what they reached, and docs/RESULTS.md how."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return "best-gpu" if cuda else "best-cpu"
 
 
 def default_config() -> Config:
