@@ -102,22 +102,25 @@ def trivial_augment(x: torch.Tensor, g: torch.Generator, names: tuple[str, ...] 
     choice = torch.randint(0, len(names), (n,), generator=g, device=x.device)
     m = torch.rand(n, 1, 1, 1, generator=g, device=x.device, dtype=x.dtype)
     sign = torch.where(torch.rand(n, 1, 1, 1, generator=g, device=x.device) < 0.5, -1.0, 1.0).to(x.dtype)
-    out = x
-    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).expand(n, 2, 3)
+    out = x.clone()
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).expand(n, 2, 3).clone()
     geometric = torch.zeros(n, dtype=torch.bool, device=x.device)
+    # Each operation works on the images that drew it only (gathered, changed, put back): all of them on every
+    # image would cost the training step several times over on a CPU.
     for i, name in enumerate(names):
         picked = choice == i
-        if OPERATIONS[name][0] == "colour":
-            if name != "identity":
-                out = torch.where(picked[:, None, None, None], _colour(name, x, m, sign), out)
-        else:
-            theta = torch.where(picked[:, None, None], _affine(name, m, sign, w), theta)
+        if OPERATIONS[name][0] == "geometric":
+            theta[picked] = _affine(name, m[picked], sign[picked], w)
             geometric |= picked
-    # One resampling for every geometric choice; the images that drew a colour operation keep their pixels exactly.
+        elif name != "identity":
+            idx = picked.nonzero().squeeze(1)
+            out[idx] = _colour(name, x[idx], m[idx], sign[idx])
+    # One resampling for every geometric choice; the fill is the CIFAR-10 mean.
+    idx = geometric.nonzero().squeeze(1)
     mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
-    moved = F.grid_sample(x - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + mean
-    return torch.where(geometric[:, None, None, None], moved, out)
+    grid = F.affine_grid(theta[idx], [len(idx), 3, h, w], align_corners=False)
+    out[idx] = F.grid_sample(x[idx] - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + mean
+    return out
 
 
 def trivial_augment_normalized(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
