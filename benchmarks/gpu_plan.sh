@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_plan.sh part          # calls 1-3, carry [".ddN"]: keeps the part in /root/parts; after the
 #                                             # third, reassembles /root/data and checks the sha256 sums
 #   bash benchmarks/gpu_plan.sh best          # issue #14: toward 96.5% within 5M in <= 10 min (one call, <= 9 min)
-#   bash benchmarks/gpu_plan.sh study100      # issue #14: the study's runs at its own 100 epochs (one call)
+#   bash benchmarks/gpu_plan.sh study100      # issue #14: the study's runs at its own 100 epochs (call it again
+#                                             # until they are done: it resumes them)
 #   bash benchmarks/gpu_plan.sh baseline      # issue #16: today's recipes' times on this host, to compare with
 #
 # Every step writes its log and JSON under $OUT (the device tool brings that folder back) and prints the GPU, the
@@ -49,12 +50,19 @@ case "${1:-}" in
       "v160ta=$V;train.drop_easy=0.3;train.epochs=160;data.policy=\"trivial\";$T" \
       --data-dir "$DATA" --seeds 3 --deadline 520 --out "$OUT/best" 2>&1 | tee -a "$OUT/best.log" ;;
   study100)
+    # At the study's batch of 128 a 100-epoch run is ~39,000 steps (minutes each on a launch-bound GPU), so this step
+    # stops itself before the call's limit and is called again: `resbudget study` resumes every run where it stopped.
+    # The runs live in /root/study100 (kept while the machine stays warm); each call copies back what is finished.
     machine | tee "$OUT/study100.log"
-    python3 -m resbudget study paper --only shallow-plateau arch-narrow arch-deeper-plateau --data-dir "$DATA" \
-      --out "$OUT/study100" --quiet 2>&1 | tee -a "$OUT/study100.log"
-    python3 -m resbudget ensemble train ens5-1m --data-dir "$DATA" --out "$OUT/study100/ens5-1m" --quiet --json \
-      2>&1 | tee -a "$OUT/study100.log"
-    python3 -m resbudget report "$OUT/study100" --out "$OUT/study100/report" 2>&1 | tail -30 | tee -a "$OUT/study100.log" ;;
+    timeout 480 python3 -m resbudget study paper --only shallow-plateau arch-narrow arch-deeper-plateau \
+      --data-dir "$DATA" --out /root/study100 --quiet 2>&1 | tee -a "$OUT/study100.log" || true
+    if [ "$(find /root/study100 -name summary.json | wc -l)" -ge 3 ]; then  # then the 5 x <1M ensemble, resumably
+      timeout $((520 - SECONDS)) python3 -m resbudget ensemble train ens5-1m --data-dir "$DATA" --out /root/study100/ens5-1m \
+        --quiet --json 2>&1 | tee -a "$OUT/study100.log" || true
+    fi
+    python3 -m resbudget report /root/study100 --out "$OUT/study100-report" 2>&1 | tail -30 | tee -a "$OUT/study100.log" || true
+    (cd /root && find study100 \( -name summary.json -o -name metrics.csv -o -name config.toml -o -name ensemble.json \) \
+      -print0 | xargs -0 -r tar -czf "$OUT/study100-runs.tgz") ;;
   baseline)
     machine | tee "$OUT/baseline.log"
     python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml benchmarks/recipes/gpu-95.toml \

@@ -9,6 +9,11 @@ The data is loaded and moved to the GPU once (timed and printed), and one short 
 starts CUDA and tunes cuDNN's kernels, as the published GPU records do. Per run it reports:
 - train s: the training steps alone (sum of the epochs' train_seconds, each ending in a device sync);
 - run s: the whole ``train_run()`` call: model build, whitening init, steps, per-epoch checkpoints, evaluation and TTA;
+- airbench s: the time as the published GPU records count it: whitening init + training steps + the final evaluation
+  with its TTA (model build, per-epoch checkpoints and evaluations left out; the data is already on the device);
+- images/s of the training steps, and the share of this device's bf16 matmul rate they reach (6 x MACs per trained
+  image: forward, and the input and weight gradients; the frozen stem's and first stage's skipped gradients are
+  counted too, so the share is an upper bound);
 and final-epoch test accuracy with and without TTA, as mean ± std over seeds.
 --deadline stops starting runs that would end after that many seconds from the start (the last run's time of the
 same recipe is the estimate), so a fixed lease is spent on the most important recipes first.
@@ -27,7 +32,7 @@ from pathlib import Path
 import torch
 
 from resbudget.data import CIFAR10, DataError, load_cifar10, synthetic_cifar10
-from resbudget.models import build_model, count_params
+from resbudget.models import build_model, count_macs, count_params
 from resbudget.train import RunFolderError, TrainingError, host_cpu, load_config, select_device, train_run
 from resbudget.train.config import ConfigError
 
@@ -58,6 +63,28 @@ def parse_recipe(text: str) -> tuple[str, str | None, list[str]]:
     raise SystemExit(f"unknown recipe {text!r}: use one of {', '.join(RECIPES)}, a .toml file or NAME=OVERRIDE;...")
 
 
+def matmul_peak_tflops(device: torch.device) -> float:
+    """bf16 matmul rate of ``device`` (TFLOP/s): the ceiling the training steps could approach."""
+    n, reps = (8192, 20) if device.type == "cuda" else (2048, 5)
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def trained_images(run_dir: Path) -> float:
+    """Images through the training steps of a run, from its per-epoch rates and times."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return sum(r["images_per_s"] * r["train_seconds"] for r in rows)
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -81,6 +108,8 @@ def main() -> None:
     device = select_device("auto")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, device {name}, host CPU {host_cpu()}", flush=True)
+    peak = matmul_peak_tflops(device)
+    print(f"bf16 matmul rate of the device: {peak:.1f} TFLOP/s", flush=True)
 
     def configure(source: str | None, overrides: list[str], seed: int, epochs: int | None):
         extra = [f"train.seed={seed}", "train.device=" + json.dumps(str(device))]
@@ -113,7 +142,7 @@ def main() -> None:
     results = []
     for rname, source, overrides in recipes:
         config = configure(source, overrides, 0, a.epochs)
-        params = count_params(build_model(config.model))
+        params, macs = count_params(build_model(config.model)), count_macs(config.model)
         runs, estimate = [], 0.0
         for seed in range(a.seeds):
             if a.deadline and time.perf_counter() - start + estimate > a.deadline:
@@ -124,26 +153,36 @@ def main() -> None:
             s = train_run(configure(source, overrides, seed, a.epochs), run_dir, data=data, progress=False)
             run_s = time.perf_counter() - t0
             estimate = run_s
+            images = trained_images(run_dir)
             r = {"seed": seed, "test": 100 * s["test_accuracy"],
                  "tta": None if s["test_accuracy_tta"] is None else 100 * s["test_accuracy_tta"],
-                 "train_s": s["train_seconds"], "run_s": round(run_s, 3), "images_per_s": s["mean_images_per_s"]}
+                 "train_s": s["train_seconds"], "run_s": round(run_s, 3),
+                 "airbench_s": round(s["whiten_seconds"] + s["train_seconds"] + s["final_eval_seconds"], 3),
+                 "images_per_s": images / s["train_seconds"],
+                 "peak_share": 6 * macs * images / s["train_seconds"] / (peak * 1e12)}
             runs.append(r)
             tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""
-            print(f"  {rname} seed {seed}: {r['test']:.2f}%{tta}, train {r['train_s']:.2f} s, run {run_s:.2f} s, "
-                  f"{r['images_per_s']:.0f} img/s", flush=True)
-        results.append({"recipe": rname, "config": source, "overrides": overrides, "params": params,
+            print(f"  {rname} seed {seed}: {r['test']:.2f}%{tta}, airbench {r['airbench_s']:.2f} s, train "
+                  f"{r['train_s']:.2f} s, run {run_s:.2f} s, {r['images_per_s']:.0f} img/s, "
+                  f"{100 * r['peak_share']:.1f}% of the bf16 peak", flush=True)
+        results.append({"recipe": rname, "config": source, "overrides": overrides, "params": params, "macs": macs,
                         "epochs": config.train.epochs, "tta": config.train.tta, "runs": runs})
 
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "bench.json").write_text(json.dumps({"device": name, "host_cpu": host_cpu(), "torch": torch.__version__, "data": data.source,
+    (a.out / "bench.json").write_text(json.dumps({"device": name, "host_cpu": host_cpu(), "torch": torch.__version__,
+                                                   "data": data.source, "bf16_peak_tflops": peak,
                                                    "results": results}, indent=2) + "\n")
-    print(f"\n{name} on {host_cpu()}, torch {torch.__version__}; train s = the steps alone, run s = the whole train_run() call")
-    print("| recipe | params | epochs | runs | train s | run s | test % | TTA % (views) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n{name} on {host_cpu()}, torch {torch.__version__}; airbench s = whitening + steps + final evaluation "
+          "with TTA, train s = the steps alone, run s = the whole train_run() call")
+    print("| recipe | params | epochs | runs | airbench s | train s | run s | img/s | bf16 peak | test % | TTA % (views) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         runs = r["runs"]
+        share = statistics.mean(x["peak_share"] for x in runs) if runs else 0.0
         print(f"| {r['recipe']} | {r['params']:,} | {r['epochs']} | {len(runs)} | "
+              f"{mean_std([x['airbench_s'] for x in runs])} | "
               f"{mean_std([x['train_s'] for x in runs])} | {mean_std([x['run_s'] for x in runs])} | "
+              f"{statistics.mean(x['images_per_s'] for x in runs) if runs else 0:,.0f} | {100 * share:.1f}% | "
               f"{mean_std([x['test'] for x in runs])} | "
               f"{mean_std([x['tta'] for x in runs if x['tta'] is not None])} ({r['tta']}) |")
     print(f"total {time.perf_counter() - start:.0f} s")
