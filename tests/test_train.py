@@ -26,6 +26,9 @@ def test_run_folder_holds_config_metrics_summary_and_weights(small_cifar, tmp_pa
     assert summary["test_accuracy"] == rows[-1]["test_acc"]  # final epoch, not the best
     assert all(0 < r["train_seconds"] <= r["seconds"] for r in rows)  # the steps alone, evaluation excluded
     assert summary["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rows), abs=2e-3)
+    # the parts of the time GPU records count: the last evaluation is what the last epoch spent beyond its steps
+    assert summary["final_eval_seconds"] == pytest.approx(rows[-1]["seconds"] - rows[-1]["train_seconds"], abs=1e-3)
+    assert 0 < summary["final_eval_seconds"] and 0 <= summary["whiten_seconds"] < summary["wall_seconds"]
     assert (run / "metrics.csv").read_text().splitlines()[0] == (
         "epoch,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,seconds,train_seconds,images_per_s")
     assert load_config(run / "config.toml") == tiny_config()
