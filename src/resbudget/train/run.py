@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -60,7 +61,10 @@ class RunFolderError(RuntimeError):
     pass
 
 
+@functools.cache
 def git_commit() -> str | None:
+    """The commit checked out when this process first asked: the code it imported then is the code that runs, even if
+    the checkout moves on during a long run (read once, at the start of the first run)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
                              text=True, timeout=5)
@@ -238,6 +242,7 @@ def train_run(
     out_dir = Path(out_dir)
     config = open_run_folder(out_dir, config, resume)
     t = config.train
+    git_commit()  # read now, not when the run ends
     show = Progress(t.epochs, stream=stream, enabled=progress)
     device = select_device(t.device)
     params = check_spec(config.model, t.budget, allow_over_budget)  # from the spec alone, before anything is built
