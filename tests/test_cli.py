@@ -108,5 +108,5 @@ def test_train_best_says_which_recipe_it_runs(capsys, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, out, err = run(capsys, "train", "best", "--data-dir", "/nonexistent")
-    assert "best: the best-cpu recipe (no CUDA device" in out
+    assert "best: the best-cpu recipe (no CUDA device" in err and not out
     assert code == 2 and "CIFAR-10 not found" in err  # the recipe resolved; only the data was missing
