@@ -68,7 +68,8 @@ def main() -> None:
     (out / "curve.json").write_text(json.dumps({"recipe": args.recipe, "set": args.set, "machine": machine,
                                                 "points": points, "marks": MARKS}, indent=2) + "\n")
     plot_accuracy_time(points, MARKS, out / "curve.png",
-                       title=f"{name}: accuracy against time ({machine['device']}, {args.seeds} seed(s) a point)")
+                       title=f"{name}: accuracy against time, {args.seeds} seed(s) a point\n"
+                             f"{machine['device']} on {machine['host_cpu']}")
     print(f"-> {out / 'curve.json'}, {out / 'curve.png'}")
 
 
