@@ -333,6 +333,7 @@ def test_workers_share_a_postgresql_search_and_a_killed_workers_trial_is_retried
     assert survivor.returncode == 0, out
     trials = optuna.load_study(study_name="pg", storage=storage).get_trials(deepcopy=False)
     assert [t.number for t in trials] == list(range(len(trials)))
+    # nothing left running: the survivor waited out the dead worker's heartbeat grace, even after its own last trial
     assert all(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") and "rejected" not in t.user_attrs for t in trials) >= 10
     assert trials[killed].state.name == "FAIL"  # failed by the other worker, from its silent heartbeat

@@ -334,4 +334,16 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
     objective = Objective(name, settings, out_dir, data)
     with contextlib.redirect_stderr(stream) if stream is not None else contextlib.nullcontext():
         study.optimize(objective, callbacks=[after_trial], catch=(RuntimeError,), gc_after_trial=True)
+        # Enough trials are done, but other workers may still hold some. A worker that died holds its trial until
+        # its heartbeat has been silent for the grace period; this worker waits for that, fails it, and runs the
+        # retry, so no search ends with a dead worker's trial left running and never retried.
+        while True:
+            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,),
+                               gc_after_trial=True)
+                continue
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                break
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(max(0.2, heartbeat / 4))
     return study
