@@ -76,8 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.config == "best" and not args.quiet:
         from .train.config import best_base
 
-        which = "CUDA is available" if best_base() == "best-gpu" else "no CUDA device"
-        print(f"best: the {best_base()} recipe ({which}; src/resbudget/train/bases/{best_base()}.toml)",
+        base = best_base()
+        which = "CUDA is available" if base == "best-gpu" else "no CUDA device"
+        print(f"best: the {base} recipe ({which}; src/resbudget/train/bases/{base}.toml)",
               file=sys.stderr, flush=True)  # beside the progress, so --json's stdout stays JSON
     if args.download:
         download_cifar10(args.data_dir)

@@ -47,7 +47,7 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
 
 
 def _colour(name: str, x: torch.Tensor, m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """Operation ``name`` on the whole batch ``x`` (0-1) at strengths ``m`` and signs ``sign`` (both (n, 1, 1, 1))."""
+    """Operation ``name`` on every image of ``x`` (0-1) at strengths ``m`` and signs ``sign`` (both (n, 1, 1, 1))."""
     full = OPERATIONS[name][1]
     if name == "identity":
         return x

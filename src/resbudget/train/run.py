@@ -28,23 +28,9 @@ from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
 from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
+from .checkpoint import CheckpointError, load_state, model_from_weights, read_weights, save_state, save_weights
+from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from .calibration import calibration_metrics, fit_temperature
-from .checkpoint import (
-    CheckpointError,
-    load_state,
-    model_from_weights,
-    read_weights,
-    save_state,
-    save_weights,
-)
-from .config import (
-    STUDY_MODE_NOTE,
-    Config,
-    ConfigError,
-    config_from_dict,
-    config_to_dict,
-    config_to_toml,
-)
 from .evaluate import evaluate, model_logits, select_device
 from .fit import TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
