@@ -1,5 +1,5 @@
-"""The epoch and step loop: fetch batch -> augment on device -> forward under autocast -> loss -> backward -> step
--> lr.
+"""The epoch and step loop: lr -> fetch batch -> augment on device -> the step (forward under autocast -> loss ->
+backward -> optimiser step: train/step.py, a CUDA graph on a GPU).
 
 :func:`fit` knows nothing of run folders, files or evaluation sets: it gets a prepared net, the training images on
 the net's device and a :class:`TrainingState`, and after each epoch hands a row of numbers to its two callbacks.
@@ -22,10 +22,10 @@ from ..models import ResNet
 from ..models.prepare import train_stem_bias_
 from .average import WeightAverage
 from .config import Config, DataConfig
-from .evaluate import autocast
 from .metrics import Progress
 from .optim import make_optimizer, set_lr
 from .schedules import Schedule
+from .step import TrainStep
 
 
 class TrainingError(RuntimeError):
@@ -36,13 +36,14 @@ class TrainingError(RuntimeError):
 class TrainingState:
     """What training needs to go on after an epoch: the optimiser, the schedule, the epochs done, with
     ``train.drop_easy`` each training image's loss when it was last trained on (never seen: infinite), and with
-    ``train.ema`` the average of the weights."""
+    ``train.ema`` the average of the weights; and the training step (train/step.py), made by :func:`fit`."""
 
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     epoch: int = 0
     last_loss: torch.Tensor | None = None
     average: WeightAverage | None = None
+    step: TrainStep | None = None  # the step, with its CUDA graph once captured (not saved: made again on resume)
 
     @classmethod
     def start(cls, config: Config, model: ResNet, n_train: int) -> TrainingState:
@@ -90,6 +91,8 @@ def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
     n, bs = len(train), t.batch_size
     flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
     augment, row = make_augment(config.data), None
+    if state.step is None:
+        state.step = TrainStep(model, state.optimizer, criterion, precision=t.precision)
     for epoch in range(state.epoch, t.epochs):
         epoch_start = time.perf_counter()
         g = epoch_generator(t.seed, epoch, device)
@@ -109,13 +112,7 @@ def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = train.labels[idx]
-            with autocast(device, t.precision):
-                logits = model(x)
-                losses = criterion(logits, y)
-                loss = losses.mean()
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
+            losses, loss, logits = state.step(x, y)
             if state.average is not None:
                 state.average.update()
             if state.last_loss is not None:

@@ -5,6 +5,10 @@ values 1), computed with a few Newton-Schulz iterations, so every direction of t
 As in airbench94's Muon recipe, the filters are also rescaled to a fixed norm (sqrt(out channels)) before each
 step: with BatchNorm after every convolution the scale of the filters carries no information, and keeping it fixed
 keeps the effective step size fixed.
+
+Each group's lr is a 0-d tensor on its tensors' device, not a float: the schedule writes into it (``set_lr``), so a
+step captured once as a CUDA graph (train/step.py) reads the current lr at every replay instead of the one it was
+captured with. The steps themselves use only tensor arithmetic, with no read back to the host.
 """
 
 from __future__ import annotations
@@ -48,6 +52,23 @@ class MuonSGD(torch.optim.Optimizer):
                         ns_steps=ns_steps)
         super().__init__(params, defaults)
 
+    def add_param_group(self, param_group: dict) -> None:  # noqa: D102 - torch's; the group's lr becomes a tensor
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("initial_lr", float(group["lr"]))  # the peak as given, not its float32 rounding
+        self._lr_to_tensor(group)
+
+    def load_state_dict(self, state_dict: dict) -> None:  # noqa: D102 - torch's; saved lrs come back as tensors
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            self._lr_to_tensor(group)
+
+    @staticmethod
+    def _lr_to_tensor(group: dict) -> None:
+        # float32, as a float lr is used in a float32 step: the updates are bit-identical to those of a float lr
+        device = group["params"][0].device if group["params"] else None
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch's signature
         loss = None
@@ -72,9 +93,9 @@ class MuonSGD(torch.optim.Optimizer):
                 if group["muon"]:
                     p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
                     update = orthogonalize(g.reshape(p.shape[0], -1), group["ns_steps"]).view(p.shape)
-                    p.add_(update, alpha=-lr)
+                    p.addcmul_(update, lr, value=-1)
                 else:
-                    p.add_(g, alpha=-lr)
+                    p.addcmul_(g, lr, value=-1)
         return loss
 
 

@@ -26,11 +26,16 @@ def make_optimizer(config: Config, model: ResNet) -> torch.optim.Optimizer:
     else:
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
+        group.setdefault("initial_lr", group["lr"])  # MuonSGD's groups have it: their lr is a tensor
     return optimizer
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float) -> None:
-    """The schedule's ``lr`` for a peak of ``base_lr``, applied to every group in proportion to its own peak."""
+    """The schedule's ``lr`` for a peak of ``base_lr``, applied to every group in proportion to its own peak (written
+    into a tensor lr in place: a captured step reads it there)."""
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lr / base_lr
+        value = group["initial_lr"] * lr / base_lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
