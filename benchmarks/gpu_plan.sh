@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
 # Prepared calls for a lent GPU (issues #14 and #16): one step per `run` call of the device tool, while the machine
-# stays warm. The dataset travels in three parts, one per call (each carried as its own top-level ignored folder,
-# made here by `../shared/tools/split-cifar10.sh .dd0 59` and moved into .dd0/.dd1/.dd2, one part file each).
+# stays warm. The dataset travels in three parts, one per call, each carried as its own top-level ignored folder; the
+# device image lacks tomli_w, which travels as a wheel in .whl (carry it in every call).
 #
-#   bash benchmarks/gpu_plan.sh part          # calls 1-3, carry [".ddN"]: keeps the part in /root/parts; after the
-#                                             # third, reassembles /root/data and checks the sha256 sums
+#   bash benchmarks/gpu_plan.sh prepare       # HERE, not on the device: the parts into .dd0 .dd1 .dd2, tomli_w into .whl
+#   bash benchmarks/gpu_plan.sh part          # calls 1-3, carry [".ddN", ".whl"]: keeps the part in /root/parts;
+#                                             # after the third, reassembles /root/data and checks the sha256 sums
+#   bash benchmarks/gpu_plan.sh graph         # issue #16, first: tests/test_step.py on the GPU (the captured step
+#                                             # against the eager one), then the recipes over 5 seeds with the step
+#                                             # captured, and the same with the code before it (carry .before, made
+#                                             # by `prepare`) in the same call: time per step before and after
 #   bash benchmarks/gpu_plan.sh best          # issue #14: toward 96.5% within 5M in <= 10 min (one call, <= 9 min)
 #   bash benchmarks/gpu_plan.sh study100      # issue #14: the study's runs at its own 100 epochs (call it again
 #                                             # until they are done: it resumes them)
-#   bash benchmarks/gpu_plan.sh baseline      # issue #16: today's recipes' times on this host, to compare with
+#   bash benchmarks/gpu_plan.sh baseline      # today's recipes over 5 seeds on this host
 #
 # Every step writes its log and JSON under $OUT (the device tool brings that folder back) and prints the GPU, the
-# host CPU and the torch version first. Run from the repository root with PYTHONPATH=src.
+# host CPU and the torch version first. Run from the repository root.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 DATA=/root/data
 mkdir -p "$OUT"
 export PYTHONPATH=src
+if [ "${1:-}" != prepare ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=src:/tmp/site
+fi
+BEFORE=8ba30d2  # the last commit whose training step ran eagerly on a GPU (issue #16's "before")
 
 machine() {
   python3 - <<'PY'
@@ -28,6 +38,13 @@ PY
 }
 
 case "${1:-}" in
+  prepare)
+    for i in 0 1 2; do rm -rf ".dd$i"; done
+    tmp=$(mktemp -d) && bash ../shared/tools/split-cifar10.sh "$tmp" 59 >/dev/null
+    i=0; for f in "$tmp"/cifar10.tar.part-*; do mkdir -p ".dd$i" && mv "$f" ".dd$i/"; i=$((i + 1)); done; rm -rf "$tmp"
+    rm -rf .whl && python3 -m pip download -q --no-deps --only-binary=:all: -d .whl tomli_w==1.2.0
+    rm -rf .before && mkdir .before && git archive "$BEFORE" src | tar -x -C .before
+    du -sh .dd0 .dd1 .dd2 .whl .before ;;
   part)
     mkdir -p /root/parts
     for d in .dd*; do [ -d "$d" ] && cp -n "$d"/cifar10.tar.part-* /root/parts/ 2>/dev/null || true; done
@@ -63,10 +80,19 @@ case "${1:-}" in
     python3 -m resbudget report /root/study100 --out "$OUT/study100-report" 2>&1 | tail -30 | tee -a "$OUT/study100.log" || true
     (cd /root && find study100 \( -name summary.json -o -name metrics.csv -o -name config.toml -o -name ensemble.json \) \
       -print0 | xargs -0 -r tar -czf "$OUT/study100-runs.tgz") ;;
+  graph)
+    machine | tee "$OUT/graph.log"
+    python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_muon.py 2>&1 | tee -a "$OUT/graph.log"
+    R="default benchmarks/recipes/gpu-94.toml benchmarks/recipes/gpu-95.toml"
+    python3 benchmarks/gpu_time_to_accuracy.py $R --data-dir "$DATA" --seeds 5 --deadline 250 --out "$OUT/after" \
+      2>&1 | tee -a "$OUT/graph.log"
+    # before: the same harness (today's) over the code of $BEFORE, whose step runs eagerly; same machine, same call
+    PYTHONPATH=.before/src:${PYTHONPATH#src:} python3 benchmarks/gpu_time_to_accuracy.py $R --data-dir "$DATA" \
+      --seeds 5 --deadline 230 --out "$OUT/before" 2>&1 | tee -a "$OUT/graph.log" ;;
   baseline)
     machine | tee "$OUT/baseline.log"
     python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml benchmarks/recipes/gpu-95.toml \
       --data-dir "$DATA" --seeds 5 --deadline 400 --out "$OUT/baseline" 2>&1 | tee -a "$OUT/baseline.log" ;;
   *)
-    sed -n 2,14p "$0"; exit 2 ;;
+    sed -n 2,21p "$0"; exit 2 ;;
 esac

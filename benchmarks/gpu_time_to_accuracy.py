@@ -14,6 +14,8 @@ starts CUDA and tunes cuDNN's kernels, as the published GPU records do. Per run 
 - images/s of the training steps, and the share of this device's bf16 matmul rate they reach (6 x MACs per trained
   image: forward, and the input and weight gradients; the frozen stem's and first stage's skipped gradients are
   counted too, so the share is an upper bound);
+- ms/step: the training steps' time over their number, and, where the step is recorded as a CUDA graph
+  (train/step.py), how many times it was and what the recordings took (inside train s);
 and final-epoch test accuracy with and without TTA, as mean ± std over seeds.
 --deadline stops starting runs that would end after that many seconds from the start (the last run's time of the
 same recipe is the estimate), so a fixed lease is spent on the most important recipes first.
@@ -159,12 +161,16 @@ def main() -> None:
                  "train_s": s["train_seconds"], "run_s": round(run_s, 3),
                  "airbench_s": round(s["whiten_seconds"] + s["train_seconds"] + s["final_eval_seconds"], 3),
                  "images_per_s": images / s["train_seconds"],
-                 "peak_share": 6 * macs * images / s["train_seconds"] / (peak * 1e12)}
+                 "ms_per_step": 1000 * s["train_seconds"] / round(images / config.train.batch_size),
+                 "peak_share": 6 * macs * images / s["train_seconds"] / (peak * 1e12),
+                 # absent from the summaries of code before the captured step
+                 "captures": s.get("graph_captures", 0), "capture_s": s.get("capture_seconds", 0.0)}
             runs.append(r)
             tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""
+            graph = f", {r['captures']} graph captures in {r['capture_s']:.3f} s" if r["captures"] else ""
             print(f"  {rname} seed {seed}: {r['test']:.2f}%{tta}, airbench {r['airbench_s']:.2f} s, train "
                   f"{r['train_s']:.2f} s, run {run_s:.2f} s, {r['images_per_s']:.0f} img/s, "
-                  f"{100 * r['peak_share']:.1f}% of the bf16 peak", flush=True)
+                  f"{r['ms_per_step']:.2f} ms/step, {100 * r['peak_share']:.1f}% of the bf16 peak{graph}", flush=True)
         results.append({"recipe": rname, "config": source, "overrides": overrides, "params": params, "macs": macs,
                         "epochs": config.train.epochs, "tta": config.train.tta, "runs": runs})
 
@@ -174,14 +180,16 @@ def main() -> None:
                                                    "results": results}, indent=2) + "\n")
     print(f"\n{name} on {host_cpu()}, torch {torch.__version__}; airbench s = whitening + steps + final evaluation "
           "with TTA, train s = the steps alone, run s = the whole train_run() call")
-    print("| recipe | params | epochs | runs | airbench s | train s | run s | img/s | bf16 peak | test % | TTA % (views) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| recipe | params | epochs | runs | airbench s | train s | run s | ms/step | img/s | bf16 peak | test % | "
+          "TTA % (views) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         runs = r["runs"]
         share = statistics.mean(x["peak_share"] for x in runs) if runs else 0.0
         print(f"| {r['recipe']} | {r['params']:,} | {r['epochs']} | {len(runs)} | "
               f"{mean_std([x['airbench_s'] for x in runs])} | "
               f"{mean_std([x['train_s'] for x in runs])} | {mean_std([x['run_s'] for x in runs])} | "
+              f"{mean_std([x['ms_per_step'] for x in runs])} | "
               f"{statistics.mean(x['images_per_s'] for x in runs) if runs else 0:,.0f} | {100 * share:.1f}% | "
               f"{mean_std([x['test'] for x in runs])} | "
               f"{mean_std([x['tta'] for x in runs if x['tta'] is not None])} ({r['tta']}) |")
