@@ -47,9 +47,10 @@ class TrainStep:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._warm = 0  # eager steps run since the set of trained parameters last changed
         self._static: tuple[torch.Tensor, ...] = ()
+        self._side: torch.cuda.Stream | None = None
         self._out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # the autocast cache is off: a captured graph must not hold casts made outside it (the values are the same)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16",
                             cache_enabled=False):
@@ -63,7 +64,7 @@ class TrainStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.graphed:
             self.optimizer.zero_grad(set_to_none=True)
-            return self._forward_backward(x, y)
+            return self._step(x, y)
         key = tuple(p.requires_grad for p in self._params)
         if key != self._key:
             self._key, self._graph, self._out, self._warm = key, None, None, 0
@@ -79,11 +80,11 @@ class TrainStep:
         return self._out
 
     def _eager_on_side_stream(self, x: torch.Tensor, y: torch.Tensor):
-        side = torch.cuda.Stream(self.device)
+        side = self._side = self._side or torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             self.optimizer.zero_grad(set_to_none=True)
-            out = self._forward_backward(x, y)
+            out = self._step(x, y)
         torch.cuda.current_stream(self.device).wait_stream(side)
         return out
 
@@ -91,16 +92,14 @@ class TrainStep:
         """Record the step (it does not run while recorded: the caller replays it). The gradients are set to None
         first, so backward allocates them in the graph's pool and every replay rewrites them there."""
         if not self._static or self._static[0].shape != x.shape:
-            self._static = (torch.empty_like(x), torch.empty_like(y))
-        self._static[0].copy_(x)
-        self._static[1].copy_(y)
+            self._static = (torch.empty_like(x), torch.empty_like(y))  # x's memory format too
         self._graph = None  # free the previous graph's pool before recording the next
         torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._out = self._forward_backward(*self._static)
+            self._out = self._step(*self._static)
         torch.cuda.synchronize(self.device)
         self._graph = graph
         self.captures += 1
