@@ -200,8 +200,6 @@ def test_default_recipe_runs_end_to_end_on_a_few_real_images(small_cifar, tmp_pa
     assert s["test_loss"] is not None and s["test_loss"] == s["test_loss"]  # finite, not NaN
 
 
-
-
 def test_set_lr_writes_into_the_same_lr_tensors_which_survive_a_state_round_trip():
     # a step captured as a CUDA graph reads the lr from the tensor it was captured with: the schedule must write there
     config = load_config("fast", ["optim.name=muon", "optim.lr=0.2", "optim.bias_lr=10.0", "optim.head_lr=40.0"])

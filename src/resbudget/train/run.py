@@ -328,9 +328,9 @@ def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None
     summary["whiten_seconds"] = round(whiten_seconds, 4)
     summary["final_eval_seconds"] = (round(last_row["seconds"] - last_row["train_seconds"], 4)
                                      if last_row is not None else None)  # None: resumed after the last epoch
-    if state.step is not None:  # the training step recorded as a CUDA graph (train/step.py): how often, at what cost
-        summary.update(step_graph=state.step.graphed, graph_captures=state.step.captures,
-                       capture_seconds=round(state.step.capture_seconds, 4))
+    # the training step recorded as a CUDA graph (train/step.py; fit always makes the step): how often, at what cost
+    summary.update(step_graph=state.step.graphed, graph_captures=state.step.captures,
+                   capture_seconds=round(state.step.capture_seconds, 4))
     if not use_test:
         summary.update(test_set_used=False, val_accuracy_tta=tta_acc)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
