@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import torch
+from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 from resbudget.data import load_cifar10
 from resbudget.ensemble import train_ensemble, widest_member
 from resbudget.models import build_model, count_params, get_preset
 from resbudget.train import default_config, train_run
-from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ case "${1:-}" in
   best)
     machine | tee "$OUT/best.log"
     V='model.stage_widths=[160,384,384]'; T='train.tta="flip-shift"'
-    # gpu-95 (95.04% in 20 epochs) made longer, with the augmentation and averaging issue #14 lists: each point is
+    # best (95.04% in 20 epochs) made longer, with the augmentation and averaging issue #14 lists: each point is
     # one question (does TrivialAugment pay at this length, does EMA, does length) at 3 seeds.
     python3 benchmarks/gpu_time_to_accuracy.py \
       "v40=$V;train.drop_easy=0.3;train.epochs=40;$T" \
@@ -83,7 +83,7 @@ case "${1:-}" in
   graph)
     machine | tee "$OUT/graph.log"
     python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_muon.py 2>&1 | tee -a "$OUT/graph.log"
-    R="default benchmarks/recipes/gpu-94.toml benchmarks/recipes/gpu-95.toml"
+    R="default benchmarks/recipes/gpu-94.toml best"
     python3 benchmarks/gpu_time_to_accuracy.py $R --data-dir "$DATA" --seeds 5 --deadline 250 --out "$OUT/after" \
       2>&1 | tee -a "$OUT/graph.log"
     # before: the same harness (today's) over the code of $BEFORE, whose step runs eagerly; same machine, same call
@@ -91,7 +91,7 @@ case "${1:-}" in
       --seeds 5 --deadline 230 --out "$OUT/before" 2>&1 | tee -a "$OUT/graph.log" ;;
   baseline)
     machine | tee "$OUT/baseline.log"
-    python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml benchmarks/recipes/gpu-95.toml \
+    python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml best \
       --data-dir "$DATA" --seeds 5 --deadline 400 --out "$OUT/baseline" 2>&1 | tee -a "$OUT/baseline.log" ;;
   *)
     sed -n 2,21p "$0"; exit 2 ;;

@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/gpu_time_to_accuracy.py [RECIPE ...] --data-dir DIR [--seeds 3] [--out runs/gpu]
        [--deadline SECONDS] [--synthetic N] [--epochs N]
-RECIPE: a name from RECIPES below, a config file (benchmarks/recipes/gpu-94.toml), or NAME=OVERRIDE;OVERRIDE;...
+RECIPE: a name from benchmarks/gpu_recipes.toml, a named recipe (best), a config file
+(benchmarks/recipes/gpu-94.toml), or NAME=OVERRIDE;OVERRIDE;...
 (``--set`` overrides of the default recipe).
 
 The data is loaded and moved to the GPU once (timed and printed), and one short warm-up run (2 epochs, not counted)
@@ -29,6 +30,7 @@ import json
 import statistics
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -36,25 +38,17 @@ import torch
 from resbudget.data import CIFAR10, DataError, load_cifar10, synthetic_cifar10
 from resbudget.models import build_model, count_macs, count_params
 from resbudget.train import RunFolderError, TrainingError, host_cpu, load_config, select_device, train_run
-from resbudget.train.config import ConfigError
+from resbudget.train.config import ConfigError, named_recipes
 
-TTA6 = 'train.tta="flip-shift"'
-WIDE = "model.stage_widths=[128,384,384]"  # airbench95's widths: 4.6M params
-RECIPES: dict[str, list[str]] = {
-    "default": [],  # `resbudget train` with no arguments: 8 epochs, easiest half skipped after the first
-    "default-tta6": [TTA6],
-    "airres-e10": ["train.drop_easy=0", "train.epochs=10", TTA6],
-    "airres-e14": ["train.drop_easy=0", "train.epochs=14", TTA6],
-    "wide-e12": [WIDE, "train.drop_easy=0", "train.epochs=12", TTA6],
-    "wide-e16": [WIDE, "train.drop_easy=0", "train.epochs=16", TTA6],
-    "wide-e20": [WIDE, "train.drop_easy=0", "train.epochs=20", TTA6],
-}
+RECIPES: dict[str, list[str]] = tomllib.loads((Path(__file__).parent / "gpu_recipes.toml").read_text())
 
 
 def parse_recipe(text: str) -> tuple[str, str | None, list[str]]:
-    """(name, config file or None for the default recipe, overrides)."""
+    """(name, config file or named recipe or None for the default recipe, overrides)."""
     if text in RECIPES:
         return text, None, RECIPES[text]
+    if text in named_recipes():  # best, no-noise, study: a recipe of the package
+        return text, text, []
     if text.endswith(".toml"):
         if not Path(text).is_file():
             raise SystemExit(f"recipe file {text} does not exist")

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
+from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 from resbudget.data import load_cifar10
 from resbudget.train import load_config, scale_epochs, train_run
-from throughput import train_images_per_s  # benchmarks/: on sys.path when run as a script
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:

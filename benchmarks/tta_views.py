@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from resbudget.data import load_cifar10
-from resbudget.train.checkpoint import load_model
 from resbudget.train import batched_outputs
+from resbudget.train.checkpoint import load_model
 from resbudget.train.tta import shift
 
 VIEWS = {
@@ -46,7 +46,7 @@ def main() -> None:
         model = model.eval().to(memory_format=torch.channels_last)
         start, logits = time.perf_counter(), {}
         for name, view in VIEWS.items():
-            outs = list(batched_outputs(lambda x, view=view: model(view(x)), test, precision=a.precision))
+            outs = list(batched_outputs(lambda x, view=view, model=model: model(view(x)), test, precision=a.precision))
             logits[name] = torch.cat([o.float() for o, _ in outs])
         print(f"{run}: {(time.perf_counter() - start) / len(VIEWS):.1f} s per view", flush=True)
         for name, views in SUBSETS.items():

@@ -79,10 +79,22 @@ def write_binary_version(cifar, folder: Path, train_files: int = 5) -> None:
     (folder / "test_batch.bin").write_bytes(records(cifar.test))
 
 
-def use_synthetic_files(root: Path, n_train: int, n_test: int) -> dict:
-    """The keyword defaults that make ``load_cifar10`` accept the synthetic files under ``root`` (written by
-    :func:`write_binary_version`): their own checksums and counts instead of the official ones. For a test process
-    (through monkeypatch) or a child process a test starts (``python -c``)."""
+def write_manifest(path: Path, fmt, counts: tuple[int, int]) -> Path:
+    """A data manifest (``load_cifar10(manifest=...)``, $RESBUDGET_DATA_MANIFEST) of ``fmt``'s files and ``counts``."""
+    import json
+
+    def files(checks):
+        return [{"name": c.name, "algorithm": c.algorithm, "digest": c.digest, "size": c.size} for c in checks]
+
+    path.write_text(json.dumps({"format": fmt.name, "train_files": files(fmt.train_files),
+                                "test_files": files(fmt.test_files), "counts": list(counts),
+                                "archive_md5": fmt.archive_md5}))
+    return path
+
+
+def synthetic_manifest(root: Path, n_train: int, n_test: int) -> Path:
+    """The manifest of the synthetic files under ``root`` (written by :func:`write_binary_version`): their own
+    checksums and counts instead of the official ones, beside the folder."""
     from resbudget.data import BINARY, FileCheck
 
     folder = root / BINARY.folder
@@ -93,31 +105,28 @@ def use_synthetic_files(root: Path, n_train: int, n_test: int) -> dict:
 
     fmt = dataclasses.replace(BINARY, train_files=tuple(check(c.name) for c in BINARY.train_files),
                               test_files=(check("test_batch.bin"),))
-    return {"formats": {"binary": fmt}, "expected_counts": (n_train, n_test)}
+    return write_manifest(root.parent / f"{root.name}-manifest.json", fmt, (n_train, n_test))
 
 
 @pytest.fixture
 def synthetic_dir(tmp_path, monkeypatch, small_cifar) -> Path:
     """A folder holding the synthetic set in the binary version's layout, which ``load_cifar10`` (and so every
-    command's ``--data-dir``) accepts for this test: the expected checksums and counts become the synthetic files'."""
-    from resbudget.data import BINARY, load_cifar10
+    command's ``--data-dir``, in this process and in the processes it starts) accepts for this test: its manifest is
+    $RESBUDGET_DATA_MANIFEST."""
+    from resbudget.data import BINARY, MANIFEST_ENV_VAR
 
     root = tmp_path / "synthetic-cifar10"
     write_binary_version(small_cifar, root / BINARY.folder)
-    monkeypatch.setattr(load_cifar10, "__kwdefaults__",
-                        use_synthetic_files(root, len(small_cifar.train) // 5 * 5, len(small_cifar.test)))
+    manifest = synthetic_manifest(root, len(small_cifar.train) // 5 * 5, len(small_cifar.test))
+    monkeypatch.setenv(MANIFEST_ENV_VAR, str(manifest))
     return root
 
 
-def cli_in_child(root: Path, n_train: int, n_test: int, argv: list[str]) -> list[str]:
-    """The command line of a child process that runs ``resbudget ARGV`` on the synthetic files under ``root``."""
+def cli_in_child(argv: list[str]) -> list[str]:
+    """The command line of a child process that runs ``resbudget ARGV`` (with this process's environment)."""
     import sys
 
-    code = ("import sys; from tests.conftest import use_synthetic_files; from resbudget.data import load_cifar10; "
-            "from resbudget.cli import main; from pathlib import Path; "
-            f"load_cifar10.__kwdefaults__ = use_synthetic_files(Path({str(root)!r}), {n_train}, {n_test}); "
-            f"sys.exit(main({argv!r}))")
-    return [sys.executable, "-c", code]
+    return [sys.executable, "-m", "resbudget", *argv]
 
 
 def _postgres_bindir() -> Path | None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from resbudget.data import Augment, cutout, normalize, random_crop, random_flip, random_rotate
+from resbudget.train.config import DataConfig
 
 
 def gen(seed=0):
@@ -39,9 +40,9 @@ def test_reflect_padding_never_shows_zeros():
 
 def test_crop_and_flip_are_seeded():
     x = torch.randn(16, 3, 8, 8)
-    a = Augment(rotate_degrees=10, cutout=4)(x, gen(7))
-    b = Augment(rotate_degrees=10, cutout=4)(x, gen(7))
-    c = Augment(rotate_degrees=10, cutout=4)(x, gen(8))
+    a = Augment.from_config(DataConfig(rotate_degrees=10, cutout=4))(x, gen(7))
+    b = Augment.from_config(DataConfig(rotate_degrees=10, cutout=4))(x, gen(7))
+    c = Augment.from_config(DataConfig(rotate_degrees=10, cutout=4))(x, gen(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

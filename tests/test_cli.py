@@ -103,10 +103,7 @@ def test_an_unwritable_run_folder_is_a_clean_error(capsys, tmp_path, synthetic_d
     assert blocker.read_text() == "not a folder"
 
 
-def test_train_best_says_which_recipe_it_runs(capsys, monkeypatch):
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, out, err = run(capsys, "train", "best", "--data-dir", "/nonexistent")
-    assert "best: the best-cpu recipe (no CUDA device" in err and not out
-    assert code == 2 and "CIFAR-10 not found" in err  # the recipe resolved; only the data was missing
+def test_train_best_and_an_old_recipe_name_resolve_before_the_data_is_looked_for(capsys):
+    for name in ("best", "best-cpu", "default-before-noise"):
+        code, out, err = run(capsys, "train", name, "--data-dir", "/nonexistent")
+        assert code == 2 and "CIFAR-10 not found" in err and not out  # the recipe resolved; only the data was missing

@@ -6,8 +6,17 @@ from pathlib import Path
 import pytest
 
 from resbudget.models import UnknownPresetError, get_preset
-from resbudget.train import (Config, ConfigError, Schedule, ScheduleConfig, config_to_dict, config_to_toml,
-                             default_config, load_config)
+from resbudget.train import (
+    Config,
+    ConfigError,
+    Schedule,
+    ScheduleConfig,
+    config_to_dict,
+    config_to_toml,
+    default_config,
+    load_config,
+)
+from resbudget.train.config import BASES_DIR, named_recipes
 
 
 def test_preset_name_gives_the_study_defaults():
@@ -80,7 +89,7 @@ def test_default_config_is_within_budget_and_short():
     assert load_config(None) == c == Config()
 
 
-# --- schedules ---------------------------------------------------------------------------------------------------------
+# --- schedules -------------------------------------------------------------------------------------------------------
 def test_cosine_runs_from_lr_to_min():
     s = Schedule(ScheduleConfig(name="cosine"), 0.1, epochs=10)
     assert s.lr(0) == pytest.approx(0.1) and s.lr(5) == pytest.approx(0.05) and s.lr(10) == pytest.approx(0.0)
@@ -148,7 +157,8 @@ def test_scale_epochs_scales_every_schedule_length():
     short = Schedule(s.schedule, 0.1, 10)
     assert [full.lr(e) for e in (0, 49, 50, 74, 75)] == pytest.approx([short.lr(e / 10) for e in (0, 49, 50, 74, 75)])
     cos = load_config("shallow")
-    assert Schedule(scale_epochs(cos, 4).schedule, 0.1, 4).lr(2) == pytest.approx(Schedule(cos.schedule, 0.1, 100).lr(50))
+    assert (Schedule(scale_epochs(cos, 4).schedule, 0.1, 4).lr(2)
+            == pytest.approx(Schedule(cos.schedule, 0.1, 100).lr(50)))
     with pytest.raises(ConfigError, match="epochs must be >= 1"):
         scale_epochs(c, 0)
 
@@ -171,36 +181,48 @@ def test_the_previous_default_recipe_file_loads():
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(str(p.relative_to(REPO)) for folder in ("experiments/paper", "configs", "benchmarks/recipes")
                       for p in (REPO / folder).glob("*.toml"))
-BEFORE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs_1c09d75.json").read_text())
-# deleted since 1c09d75, with the value under which each did nothing (every file above had it)
-DELETED = {("train", "tune_allocator"): False, ("train", "compile"): False, ("data", "small_crop"): 0,
-           ("data", "small_crop_epochs"): 0, ("data", "data_dir"): "", ("model", "stem_padding"): "auto"}
-# added since 1c09d75, with the value that does what the code did before the key existed
-ADDED = {("train", "whiten_eps"): 5e-4, ("data", "noise"): 0.0, ("train", "ema"): 0.0, ("data", "policy"): "none"}
+BASE_FILES = sorted(f"src/resbudget/train/bases/{p.name}" for p in BASES_DIR.glob("*.toml"))
+# Every config of the tree, resolved at commit 14359eb (before the recipes were renamed for what they are for):
+# old names and paths resolve to the same configs now, the renamed ones through the compat table.
+BEFORE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs_14359eb.json").read_text())
 
 
-# the default recipe changed by issue #15 (docs/RESULTS.md): (value at 1c09d75, value now); the previous default is
-# the base "default-before-noise", which the GPU recipes now name
-DEFAULT_CHANGED = {("data", "noise"): (0.0, 0.02), ("train", "whiten_eps"): (5e-4, 0.01)}
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_every_config_resolves_as_before_under_its_old_name(name):
+    source = str(REPO / name) if name.endswith(".toml") else name
+    assert config_to_dict(load_config(source)) == BEFORE[name]
 
 
-@pytest.mark.parametrize("name", ["default", *CONFIG_FILES])
-def test_every_file_resolves_to_the_config_it_had_before_bases(name):
-    """Resolved configs saved at commit 1c09d75, when every file spelled out its whole recipe over the study's
-    defaults: the move to bases, and the deletion of the knobs that did not pay, changed none of them; the default
-    itself changed only as DEFAULT_CHANGED says."""
-    before = BEFORE[name]
-    for (section, key), value in DELETED.items():
-        assert before[section].pop(key) == value, (name, key)
-    now = config_to_dict(load_config(None if name == "default" else REPO / name))
-    if name == "default":  # the one intended change: issue #15's noise-robust default
-        for (section, key), (old, value) in DEFAULT_CHANGED.items():
-            assert now[section][key] == value, key
-            now[section][key] = old
-    for (section, key), value in ADDED.items():
-        assert now[section].pop(key) == value, (name, key)
-    assert now == before
-    assert set(BEFORE) == {"default", *CONFIG_FILES}  # a new file gets its own check
+def test_every_config_file_in_the_tree_loads_and_no_two_are_the_same_recipe():
+    """Named recipes, config files and the study's experiments: each resolves, and no two resolve to one config (a
+    second name for a recipe belongs in the compat table, not in a second file)."""
+    resolved = {name: config_to_dict(load_config(REPO / name)) for name in [*BASE_FILES, *CONFIG_FILES]}
+    resolved["default"] = config_to_dict(load_config(None))
+    names = sorted(resolved)
+    same = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if resolved[a] == resolved[b]]
+    assert not same
+    assert set(named_recipes()) == {"default", *(Path(p).stem for p in BASE_FILES)}
+
+
+@pytest.mark.parametrize("name", [*BASE_FILES, *CONFIG_FILES])
+def test_every_recipe_is_at_most_one_base_above_the_defaults(name):
+    import tomllib
+
+    base = tomllib.loads((REPO / name).read_text()).get("base", "default")
+    if base != "default":
+        assert not base.endswith(".toml"), f"{name} builds on another file: name a recipe of train/bases/"
+        parent = tomllib.loads((BASES_DIR / f"{base}.toml").read_text())
+        assert parent.get("base", "default") == "default", f"{name}: its base {base} has a base of its own"
+
+
+def test_renamed_recipes_and_files_load_what_they_are_now():
+    from resbudget.compat import RENAMED_FILES, RENAMED_RECIPES
+
+    for old, new in RENAMED_RECIPES.items():
+        assert load_config(old) == load_config(new)
+    for old, new in RENAMED_FILES.items():
+        assert not (REPO / old).exists()
+        assert load_config(REPO / old) == load_config(REPO / new if new.endswith(".toml") else new)
 
 
 def _resolved_base(data: dict, path: Path) -> dict:
@@ -240,7 +262,7 @@ def test_a_file_lays_its_keys_over_its_base(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('base = "nope"\n', "unknown base 'nope'; use one of default, best-cpu, best-gpu, default-before-noise, study, or a .toml file"),
+    ('base = "nope"\n', "unknown base 'nope'; use one of default, best, no-noise, study, or a .toml file"),
     ('base = "missing.toml"\n', "missing.toml does not exist"),
     ('base = "loop.toml"\n', "the bases form a loop"),
     ("base = 3\n", "base: expected a base name or a .toml file, got 3"),
@@ -264,20 +286,16 @@ def test_removed_knobs_at_their_no_op_values_still_read(tmp_path):
     assert load_config(tmp_path / "old.toml") == default_config()
 
 
-def test_best_names_the_recipe_of_this_machine_and_every_named_base_loads():
+def test_named_recipes_load_and_none_is_a_preset_name():
     from resbudget.models import list_presets
-    from resbudget.train.config import BASES_DIR, best_base
 
-    assert best_base(cuda=True) == "best-gpu" and best_base(cuda=False) == "best-cpu"
-    assert load_config("best") == load_config(best_base())
     assert load_config("default") == load_config(None)
-    bases = {p.stem for p in BASES_DIR.glob("*.toml")}
-    assert {"study", "best-cpu", "best-gpu", "default-before-noise"} <= bases
-    assert not bases & set(list_presets())  # a bare name must mean one thing
-    assert load_config("best-gpu").model.stage_widths == (160, 384, 384)
+    assert {"study", "best", "no-noise"} <= set(named_recipes())
+    assert not set(named_recipes()) & set(list_presets())  # a bare name must mean one thing
+    assert load_config("best").model.stage_widths == (160, 384, 384)
 
 
-NAMED = ("default", "best-cpu", "best-gpu", "study", "default-before-noise")
+NAMED = ("default", "best", "no-noise", "study")
 
 
 @pytest.mark.parametrize("name", [*NAMED, *CONFIG_FILES])

@@ -24,6 +24,8 @@ from resbudget.data import (
 )
 from resbudget.data.cifar10 import file_digest
 
+from .conftest import write_manifest
+
 SHARED_SHA256 = {
     "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
     "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
@@ -137,11 +139,14 @@ def _python_batch(images: np.ndarray, labels: np.ndarray) -> bytes:
                          b"batch_label": b"synthetic"}, protocol=2)
 
 
-def _python_format(files: dict[str, bytes]) -> dict:
+def _python_format(files: dict[str, bytes]):
     checks = {n: FileCheck(n, "md5", hashlib.md5(b).hexdigest()) for n, b in files.items()}
-    fmt = dataclasses.replace(PYTHON, train_files=tuple(checks[f"data_batch_{i}"] for i in range(1, 6)),
-                              test_files=(checks["test_batch"],))
-    return {"python": fmt}
+    return dataclasses.replace(PYTHON, train_files=tuple(checks[f"data_batch_{i}"] for i in range(1, 6)),
+                               test_files=(checks["test_batch"],))
+
+
+def _manifest(tmp_path, fmt, counts=(50_000, 10_000)):
+    return write_manifest(tmp_path / "manifest.json", fmt, counts)
 
 
 def _python_files(cifar, per_batch=20):
@@ -160,7 +165,7 @@ def test_python_version_folder_and_archive_read_the_same_images(cifar, tmp_path)
     for name, data in files.items():
         (folder / name).write_bytes(data)
     fmt = _python_format(files)
-    from_folder = load_cifar10(tmp_path / "dir", formats=fmt, expected_counts=(100, 20))
+    from_folder = load_cifar10(tmp_path / "dir", manifest=_manifest(tmp_path, fmt, (100, 20)))
     assert torch.equal(from_folder.train.images, cifar.train.images[:100])
     assert torch.equal(from_folder.test.labels, cifar.test.labels[:20])
 
@@ -171,8 +176,8 @@ def test_python_version_folder_and_archive_read_the_same_images(cifar, tmp_path)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    fmt["python"] = dataclasses.replace(fmt["python"], archive_md5=file_digest(archive, "md5"))
-    from_archive = load_cifar10(archive.parent, formats=fmt, expected_counts=(100, 20))
+    fmt = dataclasses.replace(fmt, archive_md5=file_digest(archive, "md5"))
+    from_archive = load_cifar10(archive.parent, manifest=_manifest(tmp_path, fmt, (100, 20)))
     assert torch.equal(from_archive.train.images, from_folder.train.images)
 
 
@@ -183,7 +188,7 @@ def test_record_count_mismatch_is_an_error(cifar, tmp_path):
     for name, data in files.items():
         (folder / name).write_bytes(data)
     with pytest.raises(DataError, match="train split has 100 records, expected 50,000"):
-        load_cifar10(tmp_path, formats=_python_format(files))
+        load_cifar10(tmp_path, manifest=_manifest(tmp_path, _python_format(files)))
 
 
 def test_label_out_of_range_is_an_error(cifar, tmp_path):
@@ -194,7 +199,7 @@ def test_label_out_of_range_is_an_error(cifar, tmp_path):
     for name, data in files.items():
         (folder / name).write_bytes(data)
     with pytest.raises(DataError, match=r"test_batch: labels outside 0..9"):
-        load_cifar10(tmp_path, formats=_python_format(files), expected_counts=(100, 20))
+        load_cifar10(tmp_path, manifest=_manifest(tmp_path, _python_format(files), (100, 20)))
 
 
 def test_a_pickle_that_calls_code_is_refused(cifar, tmp_path):
@@ -210,7 +215,7 @@ def test_a_pickle_that_calls_code_is_refused(cifar, tmp_path):
     for name, data in files.items():
         (folder / name).write_bytes(data)
     with pytest.raises(DataError, match="refusing to load shutil.rmtree"):
-        load_cifar10(tmp_path, formats=_python_format(files), expected_counts=(100, 20))
+        load_cifar10(tmp_path, manifest=_manifest(tmp_path, _python_format(files), (100, 20)))
     assert (tmp_path / "victim").is_dir()
 
 
@@ -265,7 +270,7 @@ def test_download_verifies_and_writes_atomically(cifar, local_server, tmp_path):
         torch.cat([cifar.test.labels[:30, None].to(torch.uint8), cifar.test.images[:30].reshape(30, -1)], 1)
         .numpy().tobytes()).hexdigest()),)
     fmt = dataclasses.replace(BINARY, archive_md5=md5, train_files=checks, test_files=test_checks)
-    loaded = load_cifar10(dest, formats={"binary": fmt}, expected_counts=(30, 30))
+    loaded = load_cifar10(dest, manifest=_manifest(tmp_path, fmt, (30, 30)))
     assert torch.equal(loaded.train.images, cifar.train.images[:30])
 
 

@@ -3,8 +3,17 @@ import dataclasses
 import pytest
 import torch
 
-from resbudget.ensemble import (Ensemble, check_ensemble_budget, ensemble_metrics, load_ensemble, majority_vote,
-                                mean_logits, mean_softmax, predict, save_ensemble)
+from resbudget.ensemble import (
+    Ensemble,
+    check_ensemble_budget,
+    ensemble_metrics,
+    load_ensemble,
+    majority_vote,
+    mean_logits,
+    mean_softmax,
+    predict,
+    save_ensemble,
+)
 from resbudget.models import BudgetError, build_model, count_params
 
 from .conftest import TINY, tiny_config

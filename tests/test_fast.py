@@ -9,9 +9,12 @@ from torch import nn
 from resbudget.data import alternating_flip_base, alternating_flips, normalize
 from resbudget.models.prepare import patch_whitening, whiten_conv_
 from resbudget.train import train_run
+from resbudget.train.config import TrainConfig
 from resbudget.train.tta import shift, tta_logits, tta_views
 
 from .conftest import tiny_config
+
+EPS = TrainConfig().whiten_eps  # the recipe's own whitening floor
 
 
 def _patch_covariance(responses: torch.Tensor) -> torch.Tensor:
@@ -42,14 +45,14 @@ def test_whiten_conv_places_signed_pairs_and_keeps_the_rest(small_cifar):
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 64, 3, padding=1, bias=False)
     before = conv.weight.detach().clone()
-    whiten_conv_(conv, images)
-    w = patch_whitening(images, 3)
+    whiten_conv_(conv, images, EPS)
+    w = patch_whitening(images, 3, EPS)
     assert torch.allclose(conv.weight[0:54:2], w) and torch.allclose(conv.weight[1:54:2], -w)
     assert torch.equal(conv.weight[54:], before[54:])
-    small = whiten_conv_(nn.Conv2d(3, 8, 3, bias=False), images)  # fewer channels: the strongest 4 directions
+    small = whiten_conv_(nn.Conv2d(3, 8, 3, bias=False), images, EPS)  # fewer channels: the strongest 4 directions
     assert torch.allclose(small.weight[0::2], w[:4])
     with pytest.raises(ValueError, match="channels"):
-        whiten_conv_(nn.Conv2d(1, 8, 3), images)
+        whiten_conv_(nn.Conv2d(1, 8, 3), images, EPS)
 
 
 def test_alternating_flips_are_deterministic_and_alternate():
@@ -107,6 +110,7 @@ def test_one_tta_pass_gives_the_plain_numbers_too(small_cifar):
     from resbudget.train import evaluate
     torch.manual_seed(0)
     from resbudget.models import build_model
+
     from .conftest import TINY
     model = build_model(TINY).eval()
     plain = evaluate(model, small_cifar.test, batch_size=100, precision="fp32")

@@ -36,17 +36,18 @@ def one_line_error(capsys, *argv, match: str) -> str:
 
 
 # --- one run per folder ----------------------------------------------------------------------------------------------
-def _child(synthetic_dir, small_cifar, *argv):
-    cmd = cli_in_child(synthetic_dir, len(small_cifar.train) // 5 * 5, len(small_cifar.test), list(argv))
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _child(*argv):
+    """``resbudget ARGV`` in a child process (on the synthetic set: the fixture's manifest is in the environment)."""
+    return subprocess.Popen(cli_in_child(list(argv)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def test_two_runs_into_one_folder_one_proceeds_and_the_other_is_refused(tmp_path, synthetic_dir, small_cifar):
     out = tmp_path / "x"
     args = ["train", "shallow", *SET_TINY, "--set", "train.epochs=4", "--set", "train.batch_size=64", "--quiet",
             "--data-dir", str(synthetic_dir), "--out", str(out), "--set"]
-    first = _child(synthetic_dir, small_cifar, *args, "train.seed=1")
-    second = _child(synthetic_dir, small_cifar, *args, "train.seed=2")
+    first = _child(*args, "train.seed=1")
+    second = _child(*args, "train.seed=2")
     results = [(p.wait(timeout=300), p.stderr.read()) for p in (first, second)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -61,7 +62,7 @@ def test_two_runs_into_one_folder_one_proceeds_and_the_other_is_refused(tmp_path
 def test_a_killed_run_leaves_no_lock_and_its_temporary_files_go_on_resume(tmp_path, synthetic_dir, small_cifar,
                                                                          capsys):
     out = tmp_path / "run"
-    child = _child(synthetic_dir, small_cifar, "train", "shallow", *SET_TINY, "--set", "train.epochs=30", "--set",
+    child = _child("train", "shallow", *SET_TINY, "--set", "train.epochs=30", "--set",
                    "train.batch_size=64", "--quiet", "--data-dir", str(synthetic_dir), "--out", str(out))
     deadline = time.time() + 120
     while not (out / "state.safetensors").is_file() and time.time() < deadline:
@@ -82,7 +83,7 @@ def test_a_killed_run_leaves_no_lock_and_its_temporary_files_go_on_resume(tmp_pa
 
 def test_a_resume_while_the_run_goes_on_is_refused(tmp_path, synthetic_dir, small_cifar, capsys):
     out = tmp_path / "run"
-    child = _child(synthetic_dir, small_cifar, "train", "shallow", *SET_TINY, "--set", "train.epochs=200", "--set",
+    child = _child("train", "shallow", *SET_TINY, "--set", "train.epochs=200", "--set",
                    "train.batch_size=64", "--quiet", "--data-dir", str(synthetic_dir), "--out", str(out))
     try:
         deadline = time.time() + 120
@@ -227,11 +228,11 @@ def test_a_non_utf8_config_file_is_named(tmp_path, capsys):
 def test_a_batch_file_that_is_a_folder_or_a_link_loop_is_called_so(tmp_path, small_cifar):
     from resbudget.data import DataError, load_cifar10
 
-    from .conftest import use_synthetic_files, write_binary_version
+    from .conftest import synthetic_manifest, write_binary_version
 
     root = tmp_path / "data"
     write_binary_version(small_cifar, root / "cifar-10-batches-bin")
-    limits = use_synthetic_files(root, 510, 256)
+    limits = {"manifest": synthetic_manifest(root, 510, 256)}
     batch = root / "cifar-10-batches-bin" / "data_batch_2.bin"
     batch.unlink()
     batch.mkdir()

@@ -58,7 +58,8 @@ def test_the_largest_map_from_the_spec_is_the_largest_layer_output(name):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(UnknownPresetError, match="available presets: airres, airres-wide, deeper, deeper-const-stride, ens10-500k, ens5-1m, fast, narrow"):
+    with pytest.raises(UnknownPresetError, match="available presets: airres, airres-wide, deeper, "
+                                                 "deeper-const-stride, ens10-500k, ens5-1m, fast, narrow"):
         get_preset("resnet19")
 
 

@@ -9,9 +9,9 @@ from resbudget.models import ModelSpec, SpecError, build_model, count_params, ge
 from resbudget.models.prepare import dirac_init_
 from resbudget.train import load_config, train_run
 from resbudget.train.config import ConfigError
+from resbudget.train.muon import MuonSGD, muon_param_groups, orthogonalize
 from resbudget.train.optim import make_optimizer, set_lr
 from resbudget.train.run import initial_model
-from resbudget.train.muon import MuonSGD, muon_param_groups, orthogonalize
 
 from .conftest import tiny_config
 
@@ -105,7 +105,7 @@ def test_airres_counts_and_sizes():
 def test_scaled_logits_start_from_a_unit_std_classifier():
     model = build_model(AIRRES)
     assert model.head[0].weight.std().item() == pytest.approx(1.0, abs=1e-5)
-    assert build_model(ModelSpec()).head[0].weight.std().item() < 0.2  # torch's default, unchanged
+    assert build_model(get_preset("shallow")).head[0].weight.std().item() < 0.2  # torch's default, unchanged
 
 
 def test_single_block_is_conv_bn_act_plus_the_input():
@@ -160,13 +160,13 @@ def test_frozen_bn_scales_and_stem_do_not_move_in_training(small_cifar, tmp_path
 
 
 def test_stem_bias_trains_only_in_its_first_epochs(small_cifar, tmp_path):
-    from resbudget.train.checkpoint import read_weights
+    from resbudget.train.checkpoint import load_state
     config = tiny_config("train.epochs=3", "train.stem_bias_epochs=1", "model.stem_norm=false",
                          "model.stem_kernel=2", "train.freeze_stem=true", "train.whiten_init=true")
     start = initial_model(config).stem_conv.bias.detach().clone()
     biases = []
     train_run(config, tmp_path / "run", data=small_cifar, progress=False,
-          on_epoch_end=lambda epoch, row: biases.append(read_weights(tmp_path / "run" / "model.safetensors")[1]
+          on_epoch_end=lambda epoch, row: biases.append(load_state(tmp_path / "run" / "state.safetensors")["model"]
                                                         ["stem.0.bias"].clone()))
     assert not torch.equal(biases[0], start)  # trained in epoch 1
     assert torch.equal(biases[0], biases[1]) and torch.equal(biases[1], biases[2])  # then fixed
@@ -190,8 +190,9 @@ def test_default_schedule_decays_linearly_from_the_first_step_to_zero():
 
 
 def test_default_recipe_runs_end_to_end_on_a_few_real_images(small_cifar, tmp_path):
-    from resbudget.train.config import default_config
     import dataclasses
+
+    from resbudget.train.config import default_config
     c = default_config()
     c = dataclasses.replace(c, train=dataclasses.replace(c.train, epochs=2, batch_size=128, stem_bias_epochs=1))
     s = train_run(c, tmp_path / "run", data=small_cifar, progress=False)

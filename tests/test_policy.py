@@ -5,6 +5,7 @@ import torch
 
 from resbudget.data import Augment, normalize
 from resbudget.data.policy import NAMES, OPERATIONS, _affine, _colour, trivial_augment
+from resbudget.train.config import DataConfig
 
 
 def gen(seed=0):
@@ -30,7 +31,8 @@ def test_every_operation_is_the_identity_at_strength_zero_and_changes_images_at_
     zero, full = torch.zeros(8, 1, 1, 1), torch.ones(8, 1, 1, 1)
     sign = torch.ones(8, 1, 1, 1)
     if OPERATIONS[name][0] == "colour":
-        at = lambda m: _colour(name, x, m, sign)
+        def at(m):
+            return _colour(name, x, m, sign)
     else:
         def at(m):
             grid = torch.nn.functional.affine_grid(_affine(name, m, sign, 32), [8, 3, 32, 32], align_corners=False)
@@ -68,6 +70,6 @@ def test_colour_operations_leave_untouched_images_exact_and_geometric_ones_keep_
 
 def test_the_policy_runs_in_the_training_augmentation_and_is_seeded():
     x = normalize(torch.randint(0, 256, (32, 3, 32, 32), generator=gen(2), dtype=torch.uint8))
-    aug = Augment(policy="trivial")
+    aug = Augment.from_config(DataConfig(policy="trivial"))
     assert torch.equal(aug(x, gen(1)), aug(x, gen(1)))
-    assert not torch.equal(aug(x, gen(1)), Augment()(x, gen(1)))
+    assert not torch.equal(aug(x, gen(1)), Augment.from_config(DataConfig())(x, gen(1)))

@@ -42,7 +42,8 @@ def test_report_writes_tables_and_figures(tmp_path):
     report = build_report([tmp_path / "runs"], tmp_path / "out")
     text = report.read_text()
     assert "| 1 | plateau-test † | shallow | 2,777,674 | 95.00 | 94.55 |" in text
-    assert "| exp | shallow | 2,777,674 | 421.2 M | 3 | cosine, lr 0.1 | sgd | 2 | 91.00 ± 1.41 | 10.0 min | 94.55 |" in text
+    assert ("| exp | shallow | 2,777,674 | 421.2 M | 3 | cosine, lr 0.1 | sgd | 2 | 91.00 ± 1.41 | 10.0 min | 94.55 |"
+            in text)
     assert "† the plateau schedule of this run watched test accuracy" in text
     for png in ("comparison.png", "curves/exp.png", "curves/plateau-test.png", "arch/shallow.png",
                 "arch/deeper-const-stride.png"):

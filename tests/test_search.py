@@ -308,7 +308,7 @@ def test_workers_share_a_postgresql_search_and_a_killed_workers_trial_is_retried
     def worker(folder):
         argv = ["search", "pg", "--storage", postgres_url, "--trials", "10", "--space", str(space), "--val-size",
                 "100", "--heartbeat", "2", "--out", str(tmp_path / folder), "--data-dir", str(synthetic_dir)]
-        return subprocess.Popen(cli_in_child(synthetic_dir, 510, 256, argv), stdout=subprocess.PIPE,
+        return subprocess.Popen(cli_in_child(argv), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
     victim, survivor = worker("machine-a"), worker("machine-b")

@@ -42,7 +42,8 @@ def _tiny_study(folder, names=("a", "b")):
     folder.mkdir()
     for i, name in enumerate(names):
         (folder / f"{name}.toml").write_text(
-            f'base = "study"\npreset = "shallow"\n[model]\nstem_width = {TINY.stem_width}\nstage_widths = {list(TINY.stage_widths)}\n'
+            f'base = "study"\npreset = "shallow"\n[model]\nstem_width = {TINY.stem_width}\n'
+            f'stage_widths = {list(TINY.stage_widths)}\n'
             f"stage_blocks = {list(TINY.stage_blocks)}\nstage_strides = {list(TINY.stage_strides)}\n"
             f'[experiment]\nname = "{name}"\npaper_accuracy = [{90 + i}]\n'
             f"[data]\ntrain_limit = 128\ntest_limit = 64\n"
@@ -117,7 +118,7 @@ def test_a_shared_study_runs_each_job_once_over_its_workers(tmp_path, synthetic_
     study = _tiny_study(tmp_path / "s", names=("a", "b", "c"))
     argv = ["study", str(study), "--epochs", "1", "--seeds", "2", "--storage", postgres_url, "--heartbeat", "2",
             "--data-dir", str(synthetic_dir), "--quiet"]
-    workers = [subprocess.Popen(cli_in_child(synthetic_dir, 510, 256, [*argv, "--out", str(tmp_path / f"w{i}")]),
+    workers = [subprocess.Popen(cli_in_child([*argv, "--out", str(tmp_path / f"w{i}")]),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
@@ -127,6 +128,6 @@ def test_a_shared_study_runs_each_job_once_over_its_workers(tmp_path, synthetic_
         listed = json.loads((tmp_path / f"w{i}" / "study.json").read_text())
         assert sorted((r["experiment"], r["seed"]) for r in listed) == [(e, s) for e in "abc" for s in (0, 1)]
     # a worker started after the end has nothing left to do
-    again = subprocess.run(cli_in_child(synthetic_dir, 510, 256, [*argv, "--out", str(tmp_path / "w2")]),
+    again = subprocess.run(cli_in_child([*argv, "--out", str(tmp_path / "w2")]),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and not list((tmp_path / "w2").glob("*/seed*"))

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from ._defaults import HEARTBEAT_SECONDS
+from .models.budget import DEFAULT_BUDGET
 from .version import __version__
 
 
@@ -73,13 +75,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = None
     if not args.resume or args.config or args.set:
         config = load_config(args.config, args.set or [])
-    if args.config == "best" and not args.quiet:
-        from .train.config import best_base
-
-        base = best_base()
-        which = "CUDA is available" if base == "best-gpu" else "no CUDA device"
-        print(f"best: the {base} recipe ({which}; src/resbudget/train/bases/{base}.toml)",
-              file=sys.stderr, flush=True)  # beside the progress, so --json's stdout stays JSON
     if args.download:
         download_cifar10(args.data_dir)
     out = args.out
@@ -232,7 +227,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                            "fill") if getattr(args, k) not in (None, False)}
     settings = None
     if given:  # creating the search, or checking a worker's options against the stored ones
-        settings = SearchSettings(space=load_space(args.space), budget=args.budget or 5_000_000,
+        settings = SearchSettings(space=load_space(args.space), budget=args.budget or DEFAULT_BUDGET,
                                   macs_budget=args.macs_budget,
                                   trial_seconds=60 * args.trial_minutes if args.trial_minutes else None,
                                   val_size=args.val_size or 5000, seed=args.seed or 0, fill=args.fill)
@@ -320,7 +315,8 @@ def cmd_ensemble_eval(args: argparse.Namespace) -> int:
 
 
 def _add_budget_flags(s: argparse.ArgumentParser, budget_help: str) -> None:
-    s.add_argument("--budget", type=int, default=5_000_000, help=f"parameter budget (default 5,000,000): {budget_help}")
+    s.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                   help=f"parameter budget (default {DEFAULT_BUDGET:,}): {budget_help}")
     s.add_argument("--allow-over-budget", action="store_true",
                    help="load nets above --budget (a hard ceiling on size still holds)")
 
@@ -329,7 +325,8 @@ def _add_eval_flags(s: argparse.ArgumentParser, budget_help: str, func) -> None:
     _add_budget_flags(s, budget_help)
     s.add_argument("--data-dir", metavar="DIR")
     s.add_argument("--device", default="auto")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--precision", choices=("fp32", "bf16"), help="default: the precision the run trained and was "
+                   "scored in (bf16 in every recipe), so its own numbers are reproduced")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=func)
 
@@ -346,15 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("arch", help="per-layer summary of a preset or spec: shapes, parameters, MACs, warnings")
     s.add_argument("model", metavar="PRESET|SPEC.toml")
     s.add_argument("--set", action="append", metavar="model.KEY=VALUE", help="change a spec field")
-    s.add_argument("--budget", type=int, default=5_000_000)
+    s.add_argument("--budget", type=int, default=DEFAULT_BUDGET)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_arch)
 
     s = sub.add_parser("train", help="train a preset or config on CIFAR-10 (no argument: the default recipe; best: "
                        "the most accurate recipe measured for this machine)")
     s.add_argument("config", nargs="?", metavar="PRESET|BASE|CONFIG.toml",
-                   help="a preset (that net under the study's recipe), a named base (default, study, best, best-cpu, "
-                   "best-gpu) or a config file")
+                   help="a preset (that net under the study's recipe), a named recipe (default, best, no-noise, "
+                   "study) or a config file")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
     s.add_argument("--out", type=Path, metavar="DIR", help="run folder (default runs/NAME-TIMESTAMP)")
     s.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 folder or archive (default $RESBUDGET_DATA_DIR)")
@@ -374,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", metavar="DIR")
     s.add_argument("--storage", metavar="URL", help="share the runs with every worker started with the same options "
                    "and storage (SQLAlchemy URL, e.g. postgresql+psycopg://USER@HOST/DB)")
-    s.add_argument("--heartbeat", type=float, default=60.0, metavar="S", help="with --storage: a worker silent for 3 "
-                   "beats has its run given to another (default 60 s)")
+    s.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="S", help="with --storage: a worker "
+                   f"silent for 3 beats has its run given to another (default {HEARTBEAT_SECONDS:g} s)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_study)
 
@@ -394,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fill", action="store_true", help="scale each drawn net's widths up to fill the budget")
     s.add_argument("--storage", metavar="URL", help="SQLAlchemy URL shared by the workers (default: an SQLite file "
                    "in the search folder); postgresql+psycopg://USER@HOST/DB for several machines")
-    s.add_argument("--heartbeat", type=float, default=60.0, metavar="S", help="a worker silent for 3 beats has its "
-                   "trial retried (default 60 s)")
+    s.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="S", help="a worker silent for 3 "
+                   f"beats has its trial retried (default {HEARTBEAT_SECONDS:g} s)")
     s.add_argument("--out", type=Path, metavar="DIR", help="search folder (default runs/search/NAME)")
     s.add_argument("--data-dir", metavar="DIR")
     s.set_defaults(func=cmd_search)
@@ -431,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = ens_sub.add_parser("train", help="train K members of one preset or config under one budget")
     s.add_argument("config", nargs="?", metavar="PRESET|CONFIG.toml")
     s.add_argument("--members", type=int, metavar="K", help="how many (default 5 for ens5-1m, 10 for ens10-500k)")
-    s.add_argument("--budget", type=int, default=5_000_000, help="for all members together (each gets budget/K)")
+    s.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="for all members together (each gets budget/K)")
     s.add_argument("--widest", action="store_true", help="scale the model's widths to the widest that fits budget/K")
     s.add_argument("--seeds", type=int, nargs="+", help="one per member (default: train.seed, +1, +2, ...)")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")

@@ -1,11 +1,20 @@
-from .augment import (Augment, alternating_flip_base, alternating_flips, cutout, normalize, random_crop, random_flip,
-                      random_rotate)
+from .augment import (
+                      Augment,
+                      alternating_flip_base,
+                      alternating_flips,
+                      cutout,
+                      normalize,
+                      random_crop,
+                      random_flip,
+                      random_rotate,
+)
 from .cifar10 import (
                       BINARY,
                       CIFAR10,
                       CLASSES,
                       ENV_VAR,
                       FORMATS,
+                      MANIFEST_ENV_VAR,
                       MEAN,
                       PYTHON,
                       STD,
@@ -17,6 +26,7 @@ from .cifar10 import (
                       default_data_dir,
                       load_cifar10,
                       locate,
+                      read_manifest,
                       resolve_data_dir,
                       stratified_split,
 )
@@ -31,6 +41,7 @@ __all__ = [
                       "CLASSES",
                       "ENV_VAR",
                       "FORMATS",
+                      "MANIFEST_ENV_VAR",
                       "MEAN",
                       "PYTHON",
                       "STD",
@@ -49,6 +60,7 @@ __all__ = [
                       "random_crop",
                       "random_flip",
                       "random_rotate",
+                      "read_manifest",
                       "resolve_data_dir",
                       "stratified_split",
                       "synthetic_cifar10",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,8 @@ def alternating_flips(base: torch.Tensor, idx: torch.Tensor, epoch: int) -> torc
 
 
 def random_rotate(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
-    """Rotate each image by a uniform angle in [-degrees, degrees]; corners fill with zero (the mean, once normalised)."""
+    """Rotate each image by a uniform angle in [-degrees, degrees]; corners fill with zero (the mean, once
+    normalised)."""
     if degrees <= 0:
         return x
     n = x.shape[0]
@@ -90,13 +91,21 @@ def add_noise(x: torch.Tensor, max_sigma: float, g: torch.Generator) -> torch.Te
 
 @dataclass(frozen=True)
 class Augment:
-    crop_padding: int = 4
-    pad_mode: str = "reflect"  # "reflect" | "zero"
-    flip: bool = True
-    rotate_degrees: float = 0.0
-    cutout: int = 0
-    noise: float = 0.0  # pixel noise: each image gets normal noise of a sigma drawn uniformly in [0, noise] (0-1 scale)
-    policy: str = "none"  # "trivial": one TrivialAugment operation per image (data/policy.py), after crop and flip
+    """The training-time transforms of a recipe. Its values are the recipe's data config (``train.config.DataConfig``,
+    whose defaults are the only ones): build it with :meth:`from_config`."""
+
+    crop_padding: int
+    pad_mode: str  # "reflect" | "zero"
+    flip: bool
+    rotate_degrees: float
+    cutout: int
+    noise: float  # pixel noise: each image gets normal noise of a sigma drawn uniformly in [0, noise] (0-1 scale)
+    policy: str  # "trivial": one TrivialAugment operation per image (data/policy.py), after crop and flip
+
+    @classmethod
+    def from_config(cls, data: object) -> Augment:
+        """The transforms of a data config: each field read from ``data``'s attribute of the same name."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(cls)})
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: a normalised float batch on the generator's device. ``flips``: which images to mirror (e.g.

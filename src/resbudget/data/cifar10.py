@@ -7,8 +7,10 @@ array constructors the official pickles use are allowed), and it only happens af
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 ENV_VAR = "RESBUDGET_DATA_DIR"
+MANIFEST_ENV_VAR = "RESBUDGET_DATA_MANIFEST"  # checksums and counts of a set that is not the official one
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -269,15 +272,42 @@ def _load_split(located: Located, checks: tuple[FileCheck, ...], expected_count:
     return Split(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()))
 
 
-def load_cifar10(
-    data_dir: str | os.PathLike | None = None,
-    *,
-    formats: dict[str, Format] | None = None,
-    expected_counts: tuple[int, int] = (50_000, 10_000),
-) -> CIFAR10:
-    """Load and verify both splits. ``formats`` replaces the official checksums (tests with synthetic files only)."""
+def read_manifest(path: str | os.PathLike) -> tuple[Format, tuple[int, int]]:
+    """A data manifest: the checksums and record counts of a set that is not the official CIFAR-10 but has its
+    layout (a synthetic set for tests, a derived set), as JSON ``{"format": "binary" | "python", "train_files":
+    [{"name", "algorithm", "digest", "size"}, ...], "test_files": [...], "counts": [train, test]}``, and for an archive
+    its ``"archive_md5"``."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 16:
+            raise DataError(f"{path}: not a data manifest (no such file, or over 64 KiB)")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        fmt = next(f for f in FORMATS if f.name == data["format"])
+        files = {key: tuple(FileCheck(c["name"], c["algorithm"], c["digest"], c.get("size")) for c in data[key])
+                 for key in ("train_files", "test_files")}
+        counts = tuple(int(n) for n in data["counts"])
+        archive = {"archive_md5": str(data["archive_md5"])} if "archive_md5" in data else {}
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
+        raise DataError(f"{path}: not a valid data manifest ({type(e).__name__}: {e})") from None
+    if len(counts) != 2 or min(counts) < 1 or not files["train_files"] or not files["test_files"]:
+        raise DataError(f"{path}: a data manifest needs train and test files and two positive counts")
+    return dataclasses.replace(fmt, **files, **archive), counts
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, *, manifest: str | os.PathLike | None = None) -> CIFAR10:
+    """Load and verify both splits, against the official checksums and counts, or against those of ``manifest``
+    (else $RESBUDGET_DATA_MANIFEST; :func:`read_manifest`) for a set that is not the official one. The result
+    records the checksums it was verified against."""
     located = locate(data_dir)
-    fmt = (formats or {}).get(located.fmt.name, located.fmt)
+    fmt, expected_counts = located.fmt, (50_000, 10_000)
+    manifest = manifest or os.environ.get(MANIFEST_ENV_VAR) or None
+    if manifest is not None:
+        fmt, expected_counts = read_manifest(manifest)
+        if fmt.name != located.fmt.name:
+            raise DataError(f"{manifest} describes the {fmt.name} version, but {located.path} holds the "
+                            f"{located.fmt.name} version")
     located = Located(fmt, located.path, located.is_archive)
     train = _load_split(located, fmt.train_files, expected_counts[0], "train")
     test = _load_split(located, fmt.test_files, expected_counts[1], "test")
@@ -293,7 +323,8 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     """Seeded, stratified (train_index, val_index): each class gives its share of ``val_size``."""
     n = len(labels)
     if not 0 < val_size < n:
-        raise ValueError(f"data.val_size must be between 1 and {n - 1} (the training set has {n:,} images), got {val_size}")
+        raise ValueError(f"data.val_size must be between 1 and {n - 1} (the training set has {n:,} images), "
+                         f"got {val_size}")
     g = torch.Generator().manual_seed(seed)
     counts = torch.bincount(labels).double()
     exact = counts * val_size / n

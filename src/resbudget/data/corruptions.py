@@ -63,7 +63,8 @@ def gaussian_blur(x: torch.Tensor, severity: int, g: torch.Generator) -> torch.T
 
 
 def contrast(x: torch.Tensor, severity: int, g: torch.Generator) -> torch.Tensor:
-    """Each image pulled towards its own mean value, keeping a fraction 0.75 ... 0.15 of its contrast: haze, dim light."""
+    """Each image pulled towards its own mean value, keeping a fraction 0.75 ... 0.15 of its contrast: haze, dim
+    light."""
     keep = (0.75, 0.5, 0.4, 0.3, 0.15)[severity - 1]
     y = _float(x)
     mean = y.mean(dim=(1, 2, 3), keepdim=True)

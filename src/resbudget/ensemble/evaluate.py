@@ -9,6 +9,7 @@ import torch
 
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET, count_params
+from ..train.config import TrainConfig
 from ..train.evaluate import batched_outputs, select_device
 from .combine import ensemble_metrics
 from .model import load_ensemble
@@ -16,8 +17,9 @@ from .model import load_ensemble
 
 @torch.no_grad()
 def evaluate_ensemble(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                      batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None,
+                      batch_size: int = 1000, precision: str | None = None, data: CIFAR10 | None = None,
                       budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False) -> dict[str, Any]:
+    precision = precision or TrainConfig().precision  # as the members trained and were scored
     ens = load_ensemble(folder, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
     ens = ens.to(dev).to(memory_format=torch.channels_last)

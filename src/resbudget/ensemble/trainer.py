@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._io import write_text
+from ..compat import REMOVED_ENSEMBLE_MODES
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET, ModelSpec, build_model, count_params
 from ..train import Config, load_model, train_run
@@ -57,8 +58,9 @@ def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, 
     specs = [config.model] * members
     counts = check_ensemble_budget(specs, budget)
     out = Path(out_dir)
-    if (out / "together").exists():
-        raise ValueError(f"{out} holds an ensemble trained in the removed 'together' mode; choose another --out folder")
+    for mode, what in REMOVED_ENSEMBLE_MODES.items():
+        if (out / mode).exists():
+            raise ValueError(f"{out} holds {what}; choose another --out folder")
     if data is None:
         data = load_cifar10(data_dir)
     start = time.perf_counter()

@@ -21,7 +21,12 @@ MAX_IMAGE_SIZE = 1_024
 
 
 class BudgetError(ValueError):
-    """A model over the parameter budget."""
+    """A model over the parameter budget or a hard ceiling. ``reason`` says what is over, without the advice the
+    message adds (a search that rejects the net reports the reason alone)."""
+
+    def __init__(self, reason: str, advice: str = "") -> None:
+        super().__init__(f"{reason}; {advice}" if advice else reason)
+        self.reason = reason
 
 
 def count_params(model: nn.Module) -> int:
@@ -72,10 +77,8 @@ def count_macs(spec: ModelSpec) -> int:
 
 def check_budget(params: int, budget: int = DEFAULT_BUDGET, what: str = "the model") -> None:
     if params > budget:
-        raise BudgetError(
-            f"{what} has {params:,} parameters, {params - budget:,} over the budget of {budget:,} "
-            f"({params / budget:.2f}x); shrink it or pass --allow-over-budget"
-        )
+        raise BudgetError(f"{what} has {params:,} parameters, {params - budget:,} over the budget of {budget:,} "
+                          f"({params / budget:.2f}x)", "shrink it or pass --allow-over-budget")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from torch import nn
 from .builder import ResNet
 
 
-def patch_whitening(images: torch.Tensor, kernel_size: int, eps: float = 5e-4) -> torch.Tensor:
+def patch_whitening(images: torch.Tensor, kernel_size: int, eps: float) -> torch.Tensor:
     """PCA-whitening filters for ``kernel_size`` patches of ``images`` (N, C, H, W), normalised floats.
 
     Returns (D, C, k, k) filters, D = C*k*k, sorted by decreasing variance of the direction they pick out: filter i
@@ -39,7 +39,7 @@ def patch_whitening(images: torch.Tensor, kernel_size: int, eps: float = 5e-4) -
 
 
 @torch.no_grad()
-def whiten_conv_(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> nn.Conv2d:
+def whiten_conv_(conv: nn.Conv2d, images: torch.Tensor, eps: float) -> nn.Conv2d:
     """Set ``conv``'s filters from ``patch_whitening`` of ``images`` (in place; returns ``conv``).
 
     With at least 2·D output channels the filters go in as D pairs (w, -w), so a following ReLU keeps both signs of
@@ -85,7 +85,7 @@ def prepare_(model: ResNet, *, dirac: bool = False, freeze_bn_weight: bool = Fal
         model.stem_conv.weight.requires_grad_(False)
 
 
-def whiten_stem_(model: ResNet, images: torch.Tensor, eps: float = 5e-4) -> None:
+def whiten_stem_(model: ResNet, images: torch.Tensor, eps: float) -> None:
     """The stem's filters from the patches of ``images`` (normalised floats): see :func:`whiten_conv_`."""
     whiten_conv_(model.stem_conv, images.to("cpu"), eps)
 

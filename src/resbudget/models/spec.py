@@ -12,6 +12,7 @@ import tomli_w
 
 from .._io import read_toml
 from .._types import coerce, key_text
+from ..compat import drop_removed_spec_keys
 
 ShortcutKind = Literal["conv1x1", "conv3x3", "identity"]
 SHORTCUT_KINDS: tuple[str, ...] = ("conv1x1", "conv3x3", "identity")
@@ -37,7 +38,8 @@ class ModelSpec:
     describe stage ``i``. ``shortcut`` is the projection used where a block changes width or resolution:
     ``conv1x1`` / ``conv3x3`` (conv + BatchNorm) or ``identity`` (average-pool downsampling and zero-padded channels,
     parameter-free; zero-padding cannot drop channels, so where a block narrows, e.g. a 64-wide stem into a 16-wide
-    stage, that one shortcut is a 1x1 projection). ``head_hidden`` lists the hidden sizes of the dense head before the classifier.
+    stage, that one shortcut is a 1x1 projection). ``head_hidden`` lists the hidden sizes of the dense head before the
+    classifier.
 
     ``stage_entry`` says how a stage begins. ``block``: its first residual block changes width and resolution (He et
     al.). ``conv-pool``: conv3x3 to the new width, then max-pool by the stride, BN and ReLU, then ``stage_blocks[i]``
@@ -56,10 +58,12 @@ class ModelSpec:
     scales by 1/width). ``bn_momentum`` / ``bn_eps`` are torch's BatchNorm arguments.
     """
 
-    stem_width: int = 64
-    stage_widths: tuple[int, ...] = (64, 128, 256)
-    stage_blocks: tuple[int, ...] = (2, 2, 2)
-    stage_strides: tuple[int, ...] = (1, 2, 2)
+    # The net's shape has no default: the named nets are presets (models/presets.py), the default recipe's is the
+    # preset its config names. The details below default to He et al.'s basic-block ResNet.
+    stem_width: int
+    stage_widths: tuple[int, ...]
+    stage_blocks: tuple[int, ...]
+    stage_strides: tuple[int, ...]
     shortcut: ShortcutKind = "conv1x1"
     stage_entry: StageEntry = "block"
     head_hidden: tuple[int, ...] = ()
@@ -134,11 +138,18 @@ class ModelSpec:
         ``SpecError`` that names it."""
         if not isinstance(data, dict):
             raise SpecError(f"a model spec must be a table of fields, got {type(data).__name__}")
-        data = _drop_stem_padding(data)
+        try:
+            data = drop_removed_spec_keys(data)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names), key=str)
         if unknown:
             raise SpecError(f"unknown key model.{key_text(unknown[0])}; allowed in [model]: {', '.join(names)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise SpecError(f"a model spec needs {', '.join(missing)} (missing: model.{missing[0]}); start from a "
+                            "preset (`resbudget presets`) to change single fields")
         hints = typing.get_type_hints(cls)
         return cls(**{k: coerce(v, hints[k], f"model.{k}", SpecError) for k, v in data.items()})
 
@@ -151,20 +162,6 @@ class ModelSpec:
         if "model" in data and isinstance(data["model"], dict):
             data = data["model"]
         return cls.from_dict(data)
-
-
-def _drop_stem_padding(data: dict[str, Any]) -> dict[str, Any]:
-    """Specs written before ``stem_padding`` was removed (measured as not paying, docs/RESULTS.md) carry it; they
-    still read where it names the padding the kernel now implies (``auto``, or the same choice spelled out)."""
-    if "stem_padding" not in data:
-        return data
-    data = dict(data)
-    padding, kernel = data.pop("stem_padding"), data.get("stem_kernel", 3)
-    implied = "same" if isinstance(kernel, int) and kernel % 2 else "valid"
-    if padding not in ("auto", implied):
-        raise SpecError(f"stem_padding {padding!r} was removed (a {kernel}x{kernel} stem is now always "
-                        f"{implied!r}: odd kernels pad, even ones do not); drop the key")
-    return data
 
 
 def stem_padded(spec: ModelSpec) -> bool:
@@ -189,16 +186,17 @@ def stage_sizes(spec: ModelSpec, image_size: int | None = None) -> list[int]:
     return sizes
 
 
+def collapsed_stage(spec: ModelSpec) -> int | None:
+    """The first stage (1-based) whose output map is 1x1 while stages follow it, or None."""
+    sizes = stage_sizes(spec)
+    return next((i + 1 for i, size in enumerate(sizes[:-1]) if size == 1), None)
+
+
 def spec_warnings(spec: ModelSpec) -> list[str]:
     """Design warnings that need no forward pass."""
-    out = []
-    sizes = stage_sizes(spec)
-    for i, size in enumerate(sizes[:-1]):
-        if size == 1:
-            out.append(
-                f"the feature map collapses to 1x1 at stage {i + 1} of {len(sizes)}; stages {i + 2}..{len(sizes)} "
-                "see no spatial structure (in the study, stride 2 on every stage of the 8-stage net gave 91.2% "
-                "against 93.2% with stride 2 on alternating stages)"
-            )
-            break
-    return out
+    stage, n = collapsed_stage(spec), len(spec.stage_widths)
+    if stage is None:
+        return []
+    return [f"the feature map collapses to 1x1 at stage {stage} of {n}; stages {stage + 1}..{n} see no spatial "
+            "structure (in the study, stride 2 on every stage of the 8-stage net gave 91.2% against 93.2% with "
+            "stride 2 on alternating stages)"]

@@ -17,7 +17,8 @@ def build_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     """Write report.md, results.csv and (with ``figures``) curves/, comparison.png and arch/ into ``out_dir``."""
     out = Path(out_dir)
     rows = summarize_runs(find_runs(list(run_dirs)))
-    parts = [f"# {title}", "", "Final-epoch test accuracy, mean ± std over seeds; the study's reported number beside it.",
+    parts = [f"# {title}", "",
+             "Final-epoch test accuracy, mean ± std over seeds; the study's reported number beside it.",
              "", "## Top 3", "", top3_table(rows), "", "## All experiments", "", markdown_table(rows)]
     if figures:
         plot_comparison(rows, out / "comparison.png")
@@ -37,5 +38,6 @@ def build_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     return out / "report.md"
 
 
-__all__ = ["ReportError", "Row", "Run", "build_report", "csv_table", "find_runs", "markdown_table", "plot_accuracy_time",
+__all__ = ["ReportError", "Row", "Run", "build_report", "csv_table", "find_runs", "markdown_table",
+           "plot_accuracy_time",
            "plot_architecture", "plot_comparison", "plot_curves", "summarize_runs", "top3_table"]

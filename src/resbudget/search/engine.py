@@ -34,6 +34,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from .._defaults import HEARTBEAT_SECONDS
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET
 from ..train import ConfigError, TrainingError, config_to_dict, train_run
@@ -89,7 +90,7 @@ def default_storage(out_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'search.db'}"
 
 
-def open_storage(url: str, heartbeat: float = 60.0) -> RDBStorage:
+def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS) -> RDBStorage:
     """The shared storage: heartbeats every ``heartbeat`` s; a trial silent for 3 beats is failed and retried."""
     try:
         for attempt in range(5):
@@ -291,7 +292,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: str | None = None,
                settings: SearchSettings | None = None, data_dir: str | os.PathLike | None = None,
-               data: CIFAR10 | None = None, heartbeat: float = 60.0,
+               data: CIFAR10 | None = None, heartbeat: float = HEARTBEAT_SECONDS,
                stream: TextIO | None = None) -> optuna.Study:
     """Work on the search ``name`` until it holds ``trials`` trained trials (all workers together), then return.
 

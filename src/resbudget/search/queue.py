@@ -16,6 +16,7 @@ import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
+from .._defaults import HEARTBEAT_SECONDS
 from .engine import SearchError, _quiet, open_storage
 
 
@@ -39,7 +40,7 @@ def _open_queue(name: str, storage: optuna.storages.RDBStorage, keys: list[str])
 
 
 def run_queue(name: str, storage_url: str, jobs: list[dict[str, Any]], work: Callable[[dict[str, Any]], dict],
-              *, heartbeat: float = 60.0, say: Callable[[str], None] = print) -> dict[str, dict]:
+              *, heartbeat: float = HEARTBEAT_SECONDS, say: Callable[[str], None] = print) -> dict[str, dict]:
     """Run ``work(job)`` for the jobs of the queue ``name`` that no worker has done, until none is left (waiting, or
     running on a live worker); return every finished job's result by its JSON key. Results must be JSON data."""
     optuna.logging.set_verbosity(logging.WARNING)

@@ -31,8 +31,8 @@ from ..models import (
     ModelSpec,
     SpecError,
     check_spec,
+    collapsed_stage,
     count_macs,
-    spec_warnings,
 )
 from ..train import Config, ConfigError, config_from_dict, config_to_dict, load_config
 
@@ -284,10 +284,10 @@ def check_trial(config: Config, macs_budget: int | None) -> tuple[int, int]:
     try:
         params = check_spec(spec, config.train.budget)
     except BudgetError as e:
-        raise Rejected(str(e).split("; ")[0]) from None
-    collapse = [w for w in spec_warnings(spec) if "collapses to 1x1" in w]
-    if collapse:
-        raise Rejected(collapse[0].split(";")[0])
+        raise Rejected(e.reason) from None
+    stage = collapsed_stage(spec)
+    if stage is not None:
+        raise Rejected(f"the feature map collapses to 1x1 at stage {stage} of {len(spec.stage_widths)}")
     macs = count_macs(spec)
     if macs_budget is not None and macs > macs_budget:
         raise Rejected(f"the model has {macs:,} MACs per image, over the MACs budget of {macs_budget:,}")

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._defaults import HEARTBEAT_SECONDS
 from .._io import write_text
 from ..data import CIFAR10, load_cifar10
 from ..train import Config, ConfigError, load_config, scale_epochs, train_run
@@ -64,7 +65,7 @@ def study_configs(study: str | os.PathLike, *, only: list[str] | tuple[str, ...]
 
 def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (),
               epochs: int | None = None, seeds: int = 1, data_dir: str | os.PathLike | None = None,
-              data: CIFAR10 | None = None, storage: str | None = None, heartbeat: float = 60.0,
+              data: CIFAR10 | None = None, storage: str | None = None, heartbeat: float = HEARTBEAT_SECONDS,
               progress: bool = True, stream: TextIO | None = None) -> list[dict[str, Any]]:
     """Train every run into ``out_dir/<experiment>/seed<N>``. A finished run is skipped, an interrupted one resumed;
     a folder holding a run of another config is an error (choose another --out).
@@ -83,7 +84,8 @@ def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: lis
             print(f"[{i}/{len(runs)}] {name} seed {seed} -> {run_dir}", file=stream, flush=True)
         if data is None:  # loaded and verified once for the whole study
             data = load_cifar10(data_dir)
-        started = (run_dir / "config.toml").is_file()  # finished or interrupted: resume (a finished run returns at once)
+        # finished or interrupted: resume (a finished run returns at once)
+        started = (run_dir / "config.toml").is_file()
         summary = train_run(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
         summaries.append({"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary})
     return _write_study_json(out_dir, summaries)

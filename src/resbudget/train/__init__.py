@@ -1,6 +1,19 @@
 from .checkpoint import CheckpointError, load_model, load_state, save_state, save_weights, temperature_of
-from .config import (Config, ConfigError, DataConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig,
-                     config_from_dict, config_to_dict, config_to_toml, default_config, load_config, scale_epochs)
+from .config import (
+                     Config,
+                     ConfigError,
+                     DataConfig,
+                     ExperimentConfig,
+                     OptimConfig,
+                     ScheduleConfig,
+                     TrainConfig,
+                     config_from_dict,
+                     config_to_dict,
+                     config_to_toml,
+                     default_config,
+                     load_config,
+                     scale_epochs,
+)
 from .evaluate import autocast, batched_outputs, evaluate, evaluate_checkpoint, model_logits, select_device
 from .fit import TrainingError, TrainingState, fit
 from .optim import make_optimizer
@@ -10,6 +23,7 @@ from .schedules import Schedule
 __all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "ExperimentConfig", "OptimConfig",
            "RunFolderError", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError", "TrainingState", "autocast",
            "batched_outputs", "calibrate_run", "config_from_dict", "config_to_dict", "config_to_toml",
-           "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config", "load_model", "load_state",
+           "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config", "load_model",
+           "load_state",
            "make_optimizer", "model_logits", "save_state", "save_weights", "scale_epochs", "select_device",
            "temperature_of", "train_run"]

@@ -40,7 +40,8 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, extra: dict[str, str] | None = None) -> None:
+def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike,
+                 extra: dict[str, str] | None = None) -> None:
     metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), **(extra or {})}
     with atomic_path(path) as tmp:
         save_file(plain_state_dict(model), str(tmp), metadata=metadata)

@@ -23,10 +23,12 @@ import tomli_w
 
 from .._io import read_toml
 from .._types import coerce, key_text
+from ..compat import MOVED_KEYS, REMOVED_KEYS, RENAMED_RECIPES, renamed_file
 from ..models import ModelSpec, SpecError, get_preset
 from ..models.budget import DEFAULT_BUDGET
 
 BASES_DIR = Path(__file__).resolve().parent / "bases"
+DEFAULTS = BASES_DIR / "default.toml"  # the base "default": never a file, the defaults are the dataclasses below
 
 STUDY_MODE_NOTE = (
     "the plateau schedule watched TEST accuracy (schedule.monitor='test', as the study did): the test set "
@@ -130,13 +132,12 @@ class Config:
     first step; a frozen 2x2 patch-whitening stem whose bias trains for the first 2 epochs; dirac-initialised
     convolutions; BatchNorm scales frozen at 1; label smoothing 0.2; 2-pixel translations and alternating flips.
     Pixel noise of a sigma drawn up to 0.02 on the training images and a whitening floor of 0.01 (not airbench's
-    5e-4): without them, noise of sigma 0.04 took the net from 93% to under 40% (issue #15; the previous default is
-    the base ``default-before-noise``). 8 epochs, of which only the first sees every image: from the second on, the
-    half with the lowest loss when last seen is skipped (``drop_easy``), so the run costs 4.5 full epochs; measured
-    here, this beats 5 epochs of every image. The final test accuracy is reported with and without TTA over 4 views
-    (the image, its mirror, the mirror shifted up-left, the image shifted down-right; its cost counts in the wall
-    time): on the same 3 nets it matched 6-view TTA's accuracy for 2 views' fewer passes (~16 s here), and beat
-    2-view flip TTA by ~0.2 points.
+    5e-4): without them, noise of sigma 0.04 takes the net from 93% to under 40% (the recipe ``no-noise``). 8 epochs,
+    of which only the first sees every image: from the second on, the half with the lowest loss when last seen is
+    skipped (``drop_easy``), so the run costs 4.5 full epochs; measured here, this beats 5 epochs of every image.
+    The final test accuracy is reported with and without TTA over 4 views (the image, its mirror, the mirror shifted
+    up-left, the image shifted down-right; its cost counts in the wall time): on the same 3 nets it matched 6-view
+    TTA's accuracy for 2 views' fewer passes (~16 s here), and beat 2-view flip TTA by ~0.2 points.
     """
 
     model: ModelSpec = field(default_factory=lambda: get_preset("airres"))
@@ -148,9 +149,17 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     @property
+    def monitored(self) -> str | None:
+        """The value of an epoch's row that the schedule reacts to: the plateau schedule's ``val_acc`` or, as the
+        study did, ``test_acc``; None for the schedules that react to nothing."""
+        if self.schedule.name != "plateau":
+            return None
+        return "test_acc" if self.schedule.monitor == "test" else "val_acc"
+
+    @property
     def watches_test(self) -> bool:
-        """Whether the plateau schedule reads test accuracy (the study's way; every output of such a run says so)."""
-        return self.schedule.name == "plateau" and self.schedule.monitor == "test"
+        """Whether the schedule reads test accuracy (the study's way; every output of such a run says so)."""
+        return self.monitored == "test_acc"
 
     def __post_init__(self) -> None:
         s, t = self.schedule, self.train
@@ -215,14 +224,6 @@ _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfi
              "experiment": ExperimentConfig}
 _TOP_LEVEL = ("base", "preset", "model", *_SECTIONS)
 
-# Knobs measured as not paying and deleted (docs/RESULTS.md, "Tried, not kept"). A file that sets one to the value
-# under which it did nothing (as every complete config.toml written before the deletion does) still reads; any other
-# value is refused, since the run it asks for can no longer be made.
-REMOVED = {"train.tune_allocator": False, "train.compile": False, "data.small_crop": 0, "data.small_crop_epochs": 0}
-DATA_DIR_MOVED = ("data.data_dir is no longer part of a config: where the data is belongs to the machine, not the "
-                  "experiment; pass --data-dir DIR (or data_dir= in Python) or set $RESBUDGET_DATA_DIR")
-
-
 def _merge(resolved: dict[str, Any], layer: dict[str, Any], where: str, stored: bool = False) -> dict[str, Any]:
     """``layer`` (a file's or the overrides' tables) on top of a complete plain config: ``preset`` replaces the whole
     model with that preset's spec, then ``[model]`` and the other tables change single keys."""
@@ -241,27 +242,38 @@ def _merge(resolved: dict[str, Any], layer: dict[str, Any], where: str, stored: 
             raise ConfigError(f"{where}: [{section}] must be a table, got {table!r}")
         for key, value in table.items():
             name = f"{section}.{key}"
-            if name == "data.data_dir":
-                if stored:  # a run folder written before data_dir left the config: the data is found anew
+            if name in MOVED_KEYS:
+                if stored:  # a run folder written before the key left the config: the value is found anew
                     continue
-                raise ConfigError(f"{where}: {DATA_DIR_MOVED}")
-            if name in REMOVED:
-                if value != REMOVED[name]:
-                    raise ConfigError(f"{where}: {name} was removed (measured as not paying: docs/RESULTS.md, "
-                                      f"'Tried, not kept'); only its no-op value {REMOVED[name]!r} is still read")
+                raise ConfigError(f"{where}: {MOVED_KEYS[name]}")
+            if name in REMOVED_KEYS:
+                if value != REMOVED_KEYS[name]:
+                    raise ConfigError(f"{where}: {name} was removed (measured as not paying: docs/journal.md, "
+                                      f"'Tried, not kept'); only its no-op value {REMOVED_KEYS[name]!r} is still read")
                 continue
             out[section][key] = value
     return out
 
 
+def named_recipes() -> list[str]:
+    """The recipes ``resbudget train NAME`` knows: the defaults and the files under train/bases/."""
+    return ["default", *sorted(p.stem for p in BASES_DIR.glob("*.toml"))]
+
+
 def _base_path(base: str, where: Path | None) -> Path:
     if base.endswith(".toml") or "/" in base or "\\" in base:
         path = Path(base).expanduser()
-        return (path if path.is_absolute() or where is None else where.parent / path).resolve()
-    path = BASES_DIR / f"{base}.toml"
+        path = path if path.is_absolute() or where is None else where.parent / path
+        if not path.exists() and renamed_file(str(path)) is not None:
+            new = renamed_file(str(path))
+            return _base_path(new, None) if not new.endswith(".toml") else Path(new).resolve()
+        return path.resolve()
+    path = BASES_DIR / f"{RENAMED_RECIPES.get(base, base)}.toml"
+    if path == DEFAULTS:
+        return path
     if not path.is_file():
-        named = ["default", *sorted(p.stem for p in BASES_DIR.glob("*.toml"))]
-        raise ConfigError(f"{where or 'config'}: unknown base {base!r}; use one of {', '.join(named)}, or a .toml file")
+        raise ConfigError(f"{where or 'config'}: unknown base {base!r}; use one of {', '.join(named_recipes())}, or "
+                          "a .toml file")
     return path
 
 
@@ -270,10 +282,10 @@ def _resolve(layer: dict[str, Any], where: Path | None, seen: tuple[Path, ...] =
     base = layer.get("base", "default")
     if not isinstance(base, str):
         raise ConfigError(f"{where or 'config'}: base: expected a base name or a .toml file, got {base!r}")
-    if base == "default":
+    path = _base_path(base, where)
+    if path == DEFAULTS:
         resolved = config_to_dict(Config())
     else:
-        path = _base_path(base, where)
         if path in seen:
             chain = " -> ".join(str(p) for p in (*seen, path))
             raise ConfigError(f"{where}: the bases form a loop: {chain}")
@@ -344,11 +356,13 @@ def overrides_layer(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def load_config(source: str | Path | dict[str, Any] | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """None or ``"default"``: the default recipe; a TOML file (over its base); a base name (``study``, ``best-cpu``,
-    ``best-gpu``; ``best``: the one for this machine, :func:`best_base`); a preset name: that net under the ``study``
-    base; a dict: a file's tables. Then the ``--set`` overrides."""
-    if source == "best":
-        source = best_base()
+    """None or ``"default"``: the default recipe; a TOML file (over its base); a named recipe (``study``, ``best``,
+    ``no-noise``: :func:`named_recipes`, or an old name of one, compat.py); a preset name: that net under the
+    ``study`` recipe; a dict: a file's tables. Then the ``--set`` overrides."""
+    if isinstance(source, (str, Path)) and not Path(source).exists() and renamed_file(str(source)) is not None:
+        source = renamed_file(str(source))  # a recipe file that was moved or removed: what it is now
+    if isinstance(source, str):
+        source = RENAMED_RECIPES.get(source, source)
     if source is None or isinstance(source, dict) or source == "default":
         resolved = _resolve(source if isinstance(source, dict) else {}, None)
     elif Path(source).suffix == ".toml" or Path(source).is_file():
@@ -360,17 +374,6 @@ def load_config(source: str | Path | dict[str, Any] | None = None,
         get_preset(str(source))  # an unknown name fails here, listing the presets
         resolved = _resolve({"base": "study", "preset": str(source)}, None)
     return _build_config(_merge(resolved, overrides_layer(overrides), "--set"))
-
-
-def best_base(cuda: bool | None = None) -> str:
-    """The base of ``resbudget train best``: the most accurate recipe measured within the parameter budget for a GPU
-    (``best-gpu``) or for a 2-core CPU (``best-cpu``), by whether CUDA is available (``cuda`` overrides the check).
-    Their files say what they reached, and docs/RESULTS.md how."""
-    if cuda is None:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    return "best-gpu" if cuda else "best-cpu"
 
 
 def default_config() -> Config:

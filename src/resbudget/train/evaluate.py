@@ -14,13 +14,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import read_toml
 from ..data import CIFAR10, Split, load_cifar10, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
 from .calibration import calibration_metrics
 from .checkpoint import load_model, temperature_of
-from .config import STUDY_MODE_NOTE, ConfigError
+from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
 from .tta import tta_view_logits
+
+
+def eval_options(t: TrainConfig) -> dict[str, Any]:
+    """How a run's net is scored, during training and by every command after it: its batch, precision and memory
+    layout (keyword arguments of :func:`evaluate`)."""
+    return dict(batch_size=t.eval_batch_size, precision=t.precision, channels_last=t.channels_last)
+
+
+def run_train_config(path: str | os.PathLike) -> TrainConfig:
+    """The training config of the run that wrote ``path`` (a run folder, or the model.safetensors in one); a
+    checkpoint outside a run folder gets the default recipe's."""
+    path = Path(path)
+    stored = (path if path.is_dir() else path.parent) / "config.toml"
+    if stored.is_file() and (path.is_dir() or path.name == "model.safetensors"):
+        return config_from_dict(read_toml(stored, ConfigError), stored=True).train
+    return TrainConfig()
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -57,11 +74,13 @@ def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *,
         yield out.float(), split.labels[start:start + batch_size]
 
 
-def model_logits(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "fp32") -> torch.Tensor:
+def model_logits(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "fp32",
+                 channels_last: bool = True) -> torch.Tensor:
     """The logits of ``model`` (in eval mode) on all of ``split`` (on the model's device), as fp32."""
     was_training = model.training
     model.eval()
-    out = torch.cat([y for y, _ in batched_outputs(model, split, batch_size=batch_size, precision=precision)])
+    out = torch.cat([y for y, _ in batched_outputs(model, split, batch_size=batch_size, precision=precision,
+                                                   channels_last=channels_last)])
     model.train(was_training)
     return out
 
@@ -92,37 +111,42 @@ def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: i
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                        batch_size: int = 1000, precision: str = "fp32", data: CIFAR10 | None = None,
+                        precision: str | None = None, data: CIFAR10 | None = None,
                         model: nn.Module | None = None, budget: int = DEFAULT_BUDGET,
                         allow_over_budget: bool = False, corruptions: int = 0, seed: int = 0) -> dict[str, Any]:
     """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
     already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities). A checkpoint over
     ``budget`` parameters is refused unless ``allow_over_budget``. ``corruptions`` = N > 0 adds the corruption
-    table of :func:`evaluate_corruptions` on the first N test images, seeded by ``seed``."""
+    table of :func:`evaluate_corruptions` on the first N test images, seeded by ``seed``. The net is scored as its
+    run scored it (:func:`eval_options` of its config: batch, layout and, unless ``precision`` is given, precision),
+    so a finished run's numbers are reproduced."""
     if corruptions < 0:
         raise ValueError(f"--images must be a positive number of test images, got {corruptions}")
     is_ensemble_model = model is not None
     if model is None:
         model, _ = load_model(path, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
-    model = model.to(dev).to(memory_format=torch.channels_last)
+    opts = eval_options(run_train_config(path)) | ({"precision": precision} if precision is not None else {})
+    model = model.to(dev)
+    if opts["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     data = data if data is not None else load_cifar10(data_dir)
     test = data.test.to(dev)
     # one pass over the test set gives everything: an ensemble's outputs are log-probabilities, whose softmax is
     # its probabilities, so the same metrics hold for it (it has no temperature of its own)
-    logits = model_logits(model, test, batch_size=batch_size, precision=precision)
+    logits = model_logits(model, test, **opts)
     temperature = 1.0 if is_ensemble_model else temperature_of(path)
     plain = calibration_metrics(logits, test.labels)
     scaled = calibration_metrics(logits, test.labels, temperature)
     result = {"checkpoint": str(path), "test_accuracy": plain["accuracy"], "test_loss": plain["nll"],
-              "params": count_params(model), "images": len(data.test), "precision": precision, "device": str(dev),
+              "params": count_params(model), "images": len(data.test), "precision": opts["precision"],
+              "device": str(dev),
               "notes": [], "calibration": {"temperature": temperature, "test_nll": plain["nll"],
                                            "test_ece": plain["ece"], "test_nll_calibrated": scaled["nll"],
                                            "test_ece_calibrated": scaled["ece"]}}
     if corruptions:
         test = data.test.subset(slice(0, corruptions)).to(dev)
-        result["robustness"] = evaluate_corruptions(model, test, seed=seed, batch_size=batch_size,
-                                                    precision=precision)
+        result["robustness"] = evaluate_corruptions(model, test, seed=seed, **opts)
     summary_path = Path(path) / "summary.json" if Path(path).is_dir() else Path(path).parent / "summary.json"
     if summary_path.is_file() and json.loads(summary_path.read_text(encoding="utf-8")).get("plateau_watched_test"):
         result["notes"].append(STUDY_MODE_NOTE)

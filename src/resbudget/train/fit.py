@@ -21,7 +21,7 @@ from ..data import Augment, Split, alternating_flip_base, alternating_flips, nor
 from ..models import ResNet
 from ..models.prepare import train_stem_bias_
 from .average import WeightAverage
-from .config import Config, DataConfig
+from .config import Config
 from .metrics import Progress
 from .optim import make_optimizer, set_lr
 from .schedules import Schedule
@@ -34,24 +34,63 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainingState:
-    """What training needs to go on after an epoch: the optimiser, the schedule, the epochs done, with
-    ``train.drop_easy`` each training image's loss when it was last trained on (never seen: infinite), and with
-    ``train.ema`` the average of the weights; and the training step (train/step.py), made by :func:`fit`."""
+    """Everything a run needs to go on after an epoch, and its one owner: the net, the optimiser, the schedule, the
+    epochs done, with ``train.drop_easy`` each training image's loss when it was last trained on (never seen:
+    infinite), with ``train.ema`` the average of the weights, and the wall time spent by earlier processes of the
+    run. It saves and restores itself (:meth:`state_dict`, :meth:`load_state_dict`: what ``--resume`` reads), lends
+    the weights to evaluate (:meth:`evaluated`) and hands over the finished net (:meth:`finished_model`). The
+    training step (train/step.py) is made by :func:`fit` and not saved: a resumed run makes it again."""
 
+    model: ResNet
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     epoch: int = 0
     last_loss: torch.Tensor | None = None
     average: WeightAverage | None = None
-    step: TrainStep | None = None  # the step, with its CUDA graph once captured (not saved: made again on resume)
+    wall_before: float = 0.0  # seconds spent by the processes that ran the earlier epochs
+    step: TrainStep | None = None
 
     @classmethod
     def start(cls, config: Config, model: ResNet, n_train: int) -> TrainingState:
         device = next(model.parameters()).device
         last_loss = torch.full((n_train,), float("inf"), device=device) if config.train.drop_easy else None
         average = WeightAverage(model, config.train.ema) if config.train.ema else None
-        return cls(make_optimizer(config, model), Schedule(config.schedule, config.optim.lr, config.train.epochs),
-                   0, last_loss, average)
+        return cls(model, make_optimizer(config, model),
+                   Schedule(config.schedule, config.optim.lr, config.train.epochs), 0, last_loss, average)
+
+    def _owners(self) -> dict[str, Any]:
+        """The pieces that save and restore themselves, by their key in the saved state."""
+        owners = {"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule}
+        return owners | ({"average": self.average} if self.average is not None else {})
+
+    def state_dict(self, wall_seconds: float) -> dict[str, Any]:
+        """What ``--resume`` needs, ``wall_seconds`` being the run's time so far over all its processes."""
+        state = {key: owner.state_dict() for key, owner in self._owners().items()}
+        state.update(cpu_rng=torch.get_rng_state(), epoch=self.epoch, wall_seconds=wall_seconds)
+        return state | ({"last_loss": self.last_loss} if self.last_loss is not None else {})
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        for key, owner in self._owners().items():
+            if key not in saved:
+                raise TrainingError(f"the saved training state has no {key!r} to resume from (a run with "
+                                    "train.ema needs its weight average)")
+            owner.load_state_dict(saved[key])
+        if self.last_loss is not None and "last_loss" in saved:
+            self.last_loss.copy_(saved["last_loss"])
+        torch.set_rng_state(saved["cpu_rng"])
+        self.epoch, self.wall_before = int(saved["epoch"]), float(saved["wall_seconds"])
+
+    def evaluated(self) -> contextlib.AbstractContextManager:
+        """The weights held-out numbers are taken with, in the net for the block's duration: the average if there is
+        one, else the trained weights themselves."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+
+    def finished_model(self) -> ResNet:
+        """The net to evaluate, calibrate and save once training is over: with ``train.ema`` the average is put in
+        for good (the average is the result)."""
+        if self.average is not None:
+            self.average.copy_to_model()
+        return self.model
 
 
 def images_kept(n: int, drop: float) -> int:
@@ -74,23 +113,17 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
-def make_augment(d: DataConfig) -> Augment:
-    return Augment(d.crop_padding, d.pad_mode, d.flip, d.rotate_degrees, d.cutout, d.noise, d.policy)
-
-
-def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
-        evaluate_epoch: Callable[[int], dict[str, Any]], end_epoch: Callable[[TrainingState, dict[str, Any]], None],
-        show: Progress) -> dict[str, Any] | None:
-    """Train ``model`` from ``state.epoch`` to ``train.epochs`` on ``train`` (on the model's device), updating
-    ``state``. After each epoch: ``evaluate_epoch(epochs done)`` adds its held-out numbers to the epoch's row, the
-    schedule sees the monitored accuracy, then ``end_epoch(state, row)`` (logging, checkpoints). Returns the last
-    row (None if no epoch was left to run). With ``train.ema`` the net keeps its live weights: the caller puts the
-    average in (``state.average.copy_to_model()``) when training is over."""
-    t, device = config.train, train.images.device
+def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: Callable[[int], dict[str, Any]],
+        monitor: str | None, end_epoch: Callable[[TrainingState, dict[str, Any]], None], show: Progress) -> None:
+    """Train ``state.model`` from ``state.epoch`` to ``train.epochs`` on ``train`` (on the net's device), updating
+    ``state``. After each epoch: ``evaluate_epoch(epochs done)`` adds its held-out numbers to the epoch's row (taken
+    with :meth:`TrainingState.evaluated`), the schedule sees the row's ``monitor`` value (e.g. ``"val_acc"``; None:
+    it watches nothing), then ``end_epoch(state, row)`` (logging, checkpoints)."""
+    model, t, device = state.model, config.train, train.images.device
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train), t.batch_size
     flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
-    augment, row = make_augment(config.data), None
+    augment = Augment.from_config(config.data)
     if state.step is None:
         state.step = TrainStep(model, state.optimizer, criterion, precision=t.precision)
     for epoch in range(state.epoch, t.epochs):
@@ -125,11 +158,10 @@ def fit(model: ResNet, config: Config, train: Split, state: TrainingState, *,
             raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
         train_seconds = time.perf_counter() - epoch_start
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": int(correct) / (steps * bs)}
-        with state.average.applied() if state.average is not None else contextlib.nullcontext():
-            row.update(evaluate_epoch(epoch + 1))  # the held-out numbers are the averaged net's
+        with state.evaluated():
+            row.update(evaluate_epoch(epoch + 1))
         row.update(seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds,
                    images_per_s=steps * bs / train_seconds)
-        state.schedule.end_epoch(row["test_acc"] if config.watches_test else row["val_acc"])
+        state.schedule.end_epoch(row[monitor] if monitor is not None else None)
         state.epoch = epoch + 1
         end_epoch(state, row)
-    return row

@@ -54,7 +54,8 @@ def _fmt(value: float | None, pct: bool = False) -> str:
 
 
 class Progress:
-    """In a terminal: one line redrawn in place during an epoch. Elsewhere (CI, pipes, notebooks): one line per epoch."""
+    """In a terminal: one line redrawn in place during an epoch. Elsewhere (CI, pipes, notebooks): one line per
+    epoch."""
 
     def __init__(self, total_epochs: int, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.stream = stream if stream is not None else sys.stderr

@@ -9,6 +9,7 @@ the end, ``summary.json``. Every file is written atomically.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -28,10 +29,10 @@ from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
 from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
+from .calibration import calibration_metrics, fit_temperature
 from .checkpoint import CheckpointError, load_state, model_from_weights, read_weights, save_state, save_weights
 from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
-from .calibration import calibration_metrics, fit_temperature
-from .evaluate import evaluate, model_logits, select_device
+from .evaluate import eval_options, evaluate, model_logits, select_device
 from .fit import TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
 
@@ -47,16 +48,23 @@ class RunFolderError(RuntimeError):
     pass
 
 
-@functools.cache
-def git_commit() -> str | None:
-    """The commit checked out when this process first asked: the code it imported then is the code that runs, even if
-    the checkout moves on during a long run (read once, at the start of the first run)."""
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@functools.cache
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, whether tracked files had uncommitted changes) of the checkout this process imported its code from,
+    as it was when first asked (the start of the first run), even if the checkout moves on during a long run. None
+    outside a git checkout."""
+    commit = _git("rev-parse", "HEAD") or None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, (bool(status) if status is not None else None)
 
 
 def host_cpu() -> str:
@@ -186,23 +194,63 @@ def initial_model(config: Config) -> ResNet:
     return model
 
 
-def evaluate_epoch(model: ResNet, config: Config, val: Split | None, test: Split | None,
-                   epoch: int) -> dict[str, Any]:
-    """The held-out numbers of an epoch's row: validation every epoch (if there is a split), test after the last
-    epoch (with its TTA accuracy from the same pass) or every epoch where asked or watched. Without ``test`` (a
-    search trial, which may not see the test set) the last epoch's validation pass gives the TTA accuracy instead."""
-    t, last = config.train, epoch == config.train.epochs
-    opts = dict(batch_size=t.eval_batch_size, precision=t.precision, channels_last=t.channels_last)
+def evaluate_epoch(model: ResNet, config: Config, val: Split | None, test: Split | None) -> dict[str, Any]:
+    """The held-out numbers of an epoch's row: validation every epoch (if there is a split), test every epoch only
+    where asked (curves) or watched (the study's schedule). The result is the finished net's, after the last epoch."""
     row: dict[str, Any] = {"val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None}
     if val is not None:
-        r = evaluate(model, val, tta=t.tta if last and test is None else "none", **opts)
+        r = evaluate(model, val, **eval_options(config.train))
         row.update(val_loss=r["loss"], val_acc=r["accuracy"])
-        if "accuracy_tta" in r:
-            row["val_acc_tta"] = r["accuracy_tta"]
-    if test is not None and (last or t.eval_test_every_epoch or config.watches_test):
-        r = evaluate(model, test, tta=t.tta if last else "none", **opts)
-        row.update(test_loss=r["loss"], test_acc=r["accuracy"], test_acc_tta=r.get("accuracy_tta"))
+    if test is not None and (config.train.eval_test_every_epoch or config.watches_test):
+        r = evaluate(model, test, **eval_options(config.train))
+        row.update(test_loss=r["loss"], test_acc=r["accuracy"])
     return row
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What a run has before its first step: the net (built, initialised, on its device), its summary, the data and
+    its splits on the device (``test`` None where the run may not see it), and what the whitening took."""
+
+    model: ResNet
+    model_summary: Any
+    data: CIFAR10
+    train: Split
+    val: Split | None
+    test: Split | None
+    whiten_seconds: float
+
+
+def prepare_run(config: Config, data: CIFAR10 | str | os.PathLike | None, device: torch.device,
+                use_test: bool) -> Prepared:
+    t = config.train
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes (the partial batch is dropped): tune once
+    model = initial_model(config)
+    model_summary = summarize(config.model, model)
+    data = data if isinstance(data, CIFAR10) else load_cifar10(data)
+    train, val, test = prepare_splits(config, data, device)
+    whiten_start = time.perf_counter()
+    if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
+        whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]), t.whiten_eps)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    whiten_seconds = time.perf_counter() - whiten_start
+    model = model.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Prepared(model, model_summary, data, train, val, test if use_test else None, whiten_seconds)
+
+
+def final_evaluation(model: ResNet, config: Config, held_out: Split, which: str) -> dict[str, Any]:
+    """The finished net on its held-out split (``which``: "test", or "validation" for a search trial), with the
+    recipe's TTA from the same pass, and the seconds it took (counted in GPU speed records' time)."""
+    start = time.perf_counter()
+    r = evaluate(model, held_out, tta=config.train.tta, **eval_options(config.train))
+    if held_out.images.device.type == "cuda":
+        torch.cuda.synchronize(held_out.images.device)
+    return {"split": which, "loss": r["loss"], "accuracy": r["accuracy"], "accuracy_tta": r.get("accuracy_tta"),
+            "seconds": time.perf_counter() - start}
 
 
 def train_run(
@@ -227,159 +275,128 @@ def train_run(
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
     config = open_run_folder(out_dir, config, resume)
-    t = config.train
-    git_commit()  # read now, not when the run ends
-    show = Progress(t.epochs, stream=stream, enabled=progress)
-    device = select_device(t.device)
-    params = check_spec(config.model, t.budget, allow_over_budget)  # from the spec alone, before anything is built
+    git_state()  # read now, not when the run ends
+    show = Progress(config.train.epochs, stream=stream, enabled=progress)
+    device = select_device(config.train.device)
+    params = check_spec(config.model, config.train.budget, allow_over_budget)  # from the spec alone, before building
     if not use_test and (not config.data.val_size or config.watches_test):
         raise ConfigError("a run that may not see the test set needs a validation split (data.val_size > 0) and "
                           "a schedule that does not watch the test set")
     with hold_run_folder(out_dir, resume):
         state_path = out_dir / "state.safetensors"
         if resume and not state_path.is_file() and (out_dir / "summary.json").is_file():
-            show.message(f"{out_dir} is already finished ({t.epochs} epochs); nothing to resume")
+            show.message(f"{out_dir} is already finished ({config.train.epochs} epochs); nothing to resume")
             return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         saved = load_state(state_path) if resume and state_path.is_file() else None
-        return _train_in_folder(config, out_dir, saved, params, device, data if data is not None else data_dir,
-                                show, on_epoch_end, wall_start, use_test)
+        run = prepare_run(config, data if data is not None else data_dir, device, use_test)
+        return _train_in_folder(config, out_dir, run, saved, show, on_epoch_end, wall_start, params)
 
 
-def _train_in_folder(config: Config, out_dir: Path, saved: dict[str, Any] | None, params: int, device: torch.device,
-                     data: CIFAR10 | str | os.PathLike | None, show: Progress,
+def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[str, Any] | None, show: Progress,
                      on_epoch_end: Callable[[int, dict[str, Any]], None] | None, wall_start: float,
-                     use_test: bool) -> dict[str, Any]:
-    """The run itself, in a folder held by :func:`hold_run_folder`: ``data`` loaded or where to load it from."""
-    t = config.train
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed batch shapes (the partial batch is dropped): tune once
-    model = initial_model(config)
-    model_summary = summarize(config.model, model)
-    data = data if isinstance(data, CIFAR10) else load_cifar10(data)
-    train, val, test = prepare_splits(config, data, device)
-    if not use_test:  # a search trial: nothing below can reach the test set
-        test = None
-    whiten_start = time.perf_counter()
-    if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
-        whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]), t.whiten_eps)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    whiten_seconds = time.perf_counter() - whiten_start
+                     params: int) -> dict[str, Any]:
+    """The run itself, in a folder held by :func:`hold_run_folder`: train (or go on training) the prepared net,
+    then evaluate it, calibrate it where it has a validation split, and write its weights and summary once."""
     if saved is None and not (out_dir / "config.toml").is_file():
         write_text(out_dir / "config.toml", config_to_toml(config))
-    for w in model_summary.warnings:
-        show.message(f"warning: {w}")
-    if config.watches_test:
-        show.message(f"note: {STUDY_MODE_NOTE}")
-
-    model = model.to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    state, wall_before = TrainingState.start(config, model, len(train)), 0.0
+    for note in [f"warning: {w}" for w in run.model_summary.warnings] + [f"note: {n}" for n in run_notes(config)]:
+        show.message(note)
+    state = TrainingState.start(config, run.model, len(run.train))
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        state.optimizer.load_state_dict(saved["optimizer"])
-        state.schedule.load_state_dict(saved["schedule"])
-        state.epoch, wall_before = int(saved["epoch"]), float(saved["wall_seconds"])
-        if state.last_loss is not None and "last_loss" in saved:
-            state.last_loss.copy_(saved["last_loss"])
-        if state.average is not None:
-            if "average" not in saved:
-                raise CheckpointError(f"{out_dir}: the run trains with train.ema but its saved state has no weight "
-                                      "average to resume from")
-            state.average.load_state_dict(saved["average"])
-        torch.set_rng_state(saved["cpu_rng"])
+        state.load_state_dict(saved)
         show.message(f"resuming {out_dir} after epoch {state.epoch}")
     log = MetricsLog(out_dir, keep_until_epoch=state.epoch)
+
+    def wall() -> float:  # the run's time so far, over all its processes
+        return state.wall_before + time.perf_counter() - wall_start
 
     def end_epoch(state: TrainingState, row: dict[str, Any]) -> None:
         log.append(row)
         show.epoch(row)
-        with state.average.applied() if state.average is not None else contextlib.nullcontext():
-            save_weights(model, config.model, out_dir / "model.safetensors", extra={"epoch": str(state.epoch)})
-        save_state({"model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
-                    "schedule": state.schedule.state_dict(), "cpu_rng": torch.get_rng_state(), "epoch": state.epoch,
-                    "wall_seconds": wall_before + time.perf_counter() - wall_start,
-                    **({"last_loss": state.last_loss} if state.last_loss is not None else {}),
-                    **({"average": state.average.state_dict()} if state.average is not None else {})},
-                   out_dir / "state.safetensors")
+        save_state(state.state_dict(wall_seconds=wall()), out_dir / "state.safetensors")
         if on_epoch_end is not None:
             on_epoch_end(state.epoch, row)
 
-    last_row = fit(model, config, train, state, end_epoch=end_epoch, show=show,
-                   evaluate_epoch=lambda epoch: evaluate_epoch(model, config, val, test, epoch))
-    if state.average is not None:  # the average is the result: TTA, calibration and the saved weights are its
-        state.average.copy_to_model()
-    held_out = test if use_test else val
-    tta_acc = last_row.get("test_acc_tta" if use_test else "val_acc_tta") if last_row is not None else None
-    if t.tta != "none" and tta_acc is None:  # resumed after the last epoch's checkpoint
-        tta_acc = evaluate(model, held_out, tta=t.tta, batch_size=t.eval_batch_size, precision=t.precision,
-                           channels_last=t.channels_last)["accuracy_tta"]
-    calibration = None
-    if val is not None:  # held-out images: the temperature of calibrated probabilities (train/calibration.py)
-        calibration = fit_and_report(model, val)
-        save_weights(model, config.model, out_dir / "model.safetensors",
-                     extra={"epoch": str(t.epochs), "temperature": repr(calibration["temperature"])})
-    summary = run_summary(config, log.rows, model_summary, params, tta_acc if use_test else None, data, device,
-                          round(wall_before + time.perf_counter() - wall_start, 2))
-    summary["calibration"] = calibration
-    # The time as GPU speed records count it (airbench): whitening init + training steps + the last evaluation with
-    # its TTA, with the data already on the device; build, checkpoints and the per-epoch evaluations are left out.
-    summary["whiten_seconds"] = round(whiten_seconds, 4)
-    summary["final_eval_seconds"] = (round(last_row["seconds"] - last_row["train_seconds"], 4)
-                                     if last_row is not None else None)  # None: resumed after the last epoch
-    # the training step recorded as a CUDA graph (train/step.py; fit always makes the step): how often, at what cost
-    summary.update(step_graph=state.step.graphed, graph_captures=state.step.captures,
-                   capture_seconds=round(state.step.capture_seconds, 4))
-    if not use_test:
-        summary.update(test_set_used=False, val_accuracy_tta=tta_acc)
+    fit(config, run.train, state, evaluate_epoch=lambda epoch: evaluate_epoch(run.model, config, run.val, run.test),
+        monitor=config.monitored, end_epoch=end_epoch, show=show)
+    model = state.finished_model()
+    final = final_evaluation(model, config, *((run.test, "test") if run.test is not None else (run.val, "validation")))
+    calibration = fit_and_report(model, run.val, config.train.precision) if run.val is not None else None
+    extra = {"epoch": str(state.epoch)} | ({"temperature": repr(calibration["temperature"])} if calibration else {})
+    save_weights(model, config.model, out_dir / "model.safetensors", extra=extra)
+    summary = run_summary(config, run, log.rows, final, calibration, state, params, round(wall(), 2))
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
-    with_tta = f" ({100 * tta_acc:.2f}% with {t.tta} TTA)" if tta_acc is not None else ""
-    which, acc = ("test", summary["test_accuracy"]) if use_test else ("validation", summary["val_accuracy"])
-    show.message(f"final {which} accuracy {100 * acc:.2f}%{with_tta} after {t.epochs} epochs "
-                 f"({summary['wall_seconds']:.0f} s) -> {out_dir}")
+    show.message(final_message(config, final, summary["wall_seconds"], out_dir))
     return summary
 
 
-def run_summary(config: Config, rows: list[dict[str, Any]], model_summary: Any, params: int, tta_acc: float | None,
-                data: CIFAR10, device: torch.device, wall_seconds: float) -> dict[str, Any]:
-    t, final = config.train, rows[-1]
+def run_notes(config: Config) -> list[str]:
+    """What every output of the run must say about how far its numbers can be trusted."""
+    return [STUDY_MODE_NOTE] if config.watches_test else []
+
+
+def final_message(config: Config, final: dict[str, Any], wall_seconds: float, out_dir: Path) -> str:
+    tta = final["accuracy_tta"]
+    with_tta = f" ({100 * tta:.2f}% with {config.train.tta} TTA)" if tta is not None else ""
+    return (f"final {final['split']} accuracy {100 * final['accuracy']:.2f}%{with_tta} after {config.train.epochs} "
+            f"epochs ({wall_seconds:.0f} s) -> {out_dir}")
+
+
+def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final: dict[str, Any],
+                calibration: dict[str, Any] | None, state: TrainingState, params: int,
+                wall_seconds: float) -> dict[str, Any]:
+    """summary.json: what the run reached (the finished net on its held-out split), what it cost, and everything
+    needed to trace it (code, machine, data, config)."""
+    t, last, device = config.train, rows[-1], run.train.images.device
+    on_test = final["split"] == "test"
+    commit, dirty = git_state()
     return {
         "resbudget_version": __version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "preset": config.preset,
         "params": params,
-        "macs": model_summary.macs,
+        "macs": run.model_summary.macs,
         "budget": t.budget,
         "over_budget": params > t.budget,
         "epochs": t.epochs,
-        "test_accuracy": final["test_acc"],
-        "test_loss": final["test_loss"],
-        "test_accuracy_tta": tta_acc,  # with the t.tta views; test_accuracy is always without
-        "val_accuracy": final["val_acc"],
-        "train_accuracy": final["train_acc"],
+        "test_accuracy": final["accuracy"] if on_test else None,
+        "test_loss": final["loss"] if on_test else None,
+        "test_accuracy_tta": final["accuracy_tta"] if on_test else None,  # with the t.tta views
+        "val_accuracy": last["val_acc"],
+        **({} if on_test else {"val_accuracy_tta": final["accuracy_tta"], "test_set_used": False}),
+        "train_accuracy": last["train_acc"],
+        "calibration": calibration,
         "wall_seconds": wall_seconds,
         "train_seconds": round(sum(r.get("train_seconds") or 0.0 for r in rows), 3),  # the steps alone
+        # The time as GPU speed records count it (airbench): whitening + training steps + the final evaluation with
+        # its TTA, with the data already on the device; build, checkpoints and per-epoch evaluations are left out.
+        "whiten_seconds": round(run.whiten_seconds, 4),
+        "final_eval_seconds": round(final["seconds"], 4),
         "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
+        # the training step recorded as a CUDA graph (train/step.py): whether, how often, at what cost
+        "step_graph": state.step.graphed if state.step else False,
+        "graph_captures": state.step.captures if state.step else 0,
+        "capture_seconds": round(state.step.capture_seconds, 4) if state.step else 0.0,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "host_cpu": host_cpu(),
         "torch_version": torch.__version__,
         "seed": t.seed,
-        "git_commit": git_commit(),
-        "data_source": data.source,
-        "data_checksums": data.checksums,
+        "git_commit": commit,
+        "git_dirty": dirty,  # the tree had uncommitted changes: git_commit alone does not name the code that ran
+        "data_source": run.data.source,
+        "data_checksums": run.data.checksums,
         "plateau_watched_test": config.watches_test,
-        "notes": [STUDY_MODE_NOTE] if config.watches_test else [],
-        "warnings": model_summary.warnings,
+        "notes": run_notes(config),
+        "warnings": run.model_summary.warnings,
         "config": config_to_dict(config),
     }
 
 
 # --- calibration of a run (train/calibration.py) ---------------------------------------------------------------------
-def fit_and_report(model: ResNet, val: Split) -> dict[str, Any]:
+def fit_and_report(model: ResNet, val: Split, precision: str) -> dict[str, Any]:
     """The temperature fitted on the validation images ``val`` and their NLL / ECE before and after."""
-    logits = model_logits(model, val)
+    logits = model_logits(model, val, precision=precision)
     temperature = fit_temperature(logits, val.labels)
     before, after = calibration_metrics(logits, val.labels), calibration_metrics(logits, val.labels, temperature)
     return {"temperature": temperature, "val_images": len(val), "val_nll": before["nll"], "val_ece": before["ece"],
@@ -404,7 +421,7 @@ def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
     data = data if data is not None else load_cifar10(data_dir)
     _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
     dev = select_device(device)
-    result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev))
+    result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train.precision)
     extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
     save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
     summary_path = run_dir / "summary.json"

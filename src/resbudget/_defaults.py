@@ -1,0 +1,4 @@
+"""Defaults that belong to no one config dataclass but are read by several layers and the command line (which must
+not import Optuna to show them)."""
+
+HEARTBEAT_SECONDS = 60.0  # a worker sharing a storage beats this often; silent for 3 beats, its run goes to another
