@@ -23,7 +23,7 @@ from resbudget.train import host_cpu, load_config, train_run
 # Reference accuracies drawn across the plot (their time on this machine is not known): the study's reported
 # numbers (docs/STUDY.md: its best single net and its 5-net ensemble, both 100 epochs) and our best measured recipe.
 MARKS = {"the study's best net (2.78M params, 100 epochs)": 94.55, "the study's 5-net ensemble": 94.47,
-         "ours: best-gpu, 6-view TTA, 3 seeds on an H200 (10 s)": 95.04}
+         "ours: best, 6-view TTA, 3 seeds on an H200 (10 s)": 95.04}
 
 
 def main() -> None:

@@ -332,3 +332,13 @@ def test_a_short_run_on_real_images_from_the_command_line(data_dir, tmp_path, ca
     assert summary["data_checksums"]["test_batch.bin"] == f"sha256:{BINARY.test_files[0].digest}"
     assert main(["eval", str(tmp_path / "run"), "--data-dir", str(data_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 10_000
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"format": "binary"}', '{"format": "tiff", "train_files": [], '
+                                  '"test_files": [], "counts": [1, 1]}'])
+def test_a_bad_data_manifest_is_one_data_error(tmp_path, text):
+    from resbudget.data import read_manifest
+
+    (tmp_path / "m.json").write_text(text)
+    with pytest.raises(DataError, match="m.json: not a valid data manifest|m.json: a data manifest needs"):
+        read_manifest(tmp_path / "m.json")

@@ -204,6 +204,14 @@ def test_conv_pool_stages_build_the_resnet9_layout():
     assert out.shape == (2, 10)
     assert [len(s) for s in model.stages] == [2, 1, 2]
     with pytest.raises(SpecError, match="0 blocks need stage_entry"):
-        ModelSpec(stage_blocks=(1, 0, 1))
+        ModelSpec(stem_width=64, stage_widths=(64, 128, 256), stage_blocks=(1, 0, 1), stage_strides=(1, 2, 2))
     with pytest.raises(SpecError, match="stage_entry must be one of"):
-        ModelSpec(stage_entry="pool-conv")
+        ModelSpec(stem_width=64, stage_widths=(64, 128, 256), stage_blocks=(1, 1, 1), stage_strides=(1, 2, 2),
+                  stage_entry="pool-conv")
+
+
+def test_a_spec_has_no_default_shape_and_says_which_field_is_missing():
+    with pytest.raises(SpecError, match="a model spec needs stem_width, stage_widths.*missing: model.stem_width"):
+        ModelSpec.from_dict({"stage_blocks": [1, 1], "stage_strides": [1, 2]})
+    with pytest.raises(TypeError):
+        ModelSpec()  # the default recipe's net is a preset its config names, not the spec's defaults

@@ -143,3 +143,14 @@ def test_a_non_checkpoint_is_rejected(tmp_path):
         load_model(bad)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_model(tmp_path / "nothing")
+
+
+def test_the_finished_nets_numbers_end_the_metrics_and_eval_reproduces_them(small_cifar, tmp_path):
+    """Test accuracy is taken once, from the finished net, after the last epoch (not every epoch): it still ends the
+    metrics log, and equals the summary's."""
+    summary = train_run(tiny_config("train.eval_test_every_epoch=false", "train.tta=flip"), tmp_path / "run",
+                        data=small_cifar, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["test_acc"] is None and rows[-1]["test_acc"] == summary["test_accuracy"]
+    assert summary["test_accuracy_tta"] is not None and summary["git_dirty"] in (True, False, None)
+    assert evaluate_checkpoint(tmp_path / "run", data=small_cifar)["test_accuracy"] == summary["test_accuracy"]

@@ -37,6 +37,12 @@ class MetricsLog:
         self.rows.append({k: row.get(k) for k in COLUMNS})
         self._write()
 
+    def finish(self, values: dict[str, Any]) -> None:
+        """The finished net's held-out numbers (e.g. ``test_loss``, ``test_acc``) in the last epoch's row, which
+        then reads as it did when the last epoch evaluated them itself."""
+        self.rows[-1].update({k: v for k, v in values.items() if k in COLUMNS})
+        self._write()
+
     def _write(self) -> None:
         write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
         buf = io.StringIO()

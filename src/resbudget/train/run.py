@@ -321,6 +321,7 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
         monitor=config.monitored, end_epoch=end_epoch, show=show)
     model = state.finished_model()
     final = final_evaluation(model, config, *((run.test, "test") if run.test is not None else (run.val, "validation")))
+    log.finish({"test_loss": final["loss"], "test_acc": final["accuracy"]} if final["split"] == "test" else {})
     calibration = fit_and_report(model, run.val, config.train.precision) if run.val is not None else None
     extra = {"epoch": str(state.epoch)} | ({"temperature": repr(calibration["temperature"])} if calibration else {})
     save_weights(model, config.model, out_dir / "model.safetensors", extra=extra)
