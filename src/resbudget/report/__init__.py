@@ -39,5 +39,4 @@ def build_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
 
 __all__ = ["ReportError", "Row", "Run", "build_report", "csv_table", "find_runs", "markdown_table",
-           "plot_accuracy_time",
-           "plot_architecture", "plot_comparison", "plot_curves", "summarize_runs", "top3_table"]
+           "plot_accuracy_time", "plot_architecture", "plot_comparison", "plot_curves", "summarize_runs", "top3_table"]

@@ -264,8 +264,7 @@ def _base_path(base: str, where: Path | None) -> Path:
     if base.endswith(".toml") or "/" in base or "\\" in base:
         path = Path(base).expanduser()
         path = path if path.is_absolute() or where is None else where.parent / path
-        if not path.exists() and renamed_file(str(path)) is not None:
-            new = renamed_file(str(path))
+        if not path.exists() and (new := renamed_file(str(path))) is not None:
             return _base_path(new, None) if not new.endswith(".toml") else Path(new).resolve()
         return path.resolve()
     path = BASES_DIR / f"{RENAMED_RECIPES.get(base, base)}.toml"
@@ -359,8 +358,8 @@ def load_config(source: str | Path | dict[str, Any] | None = None,
     """None or ``"default"``: the default recipe; a TOML file (over its base); a named recipe (``study``, ``best``,
     ``no-noise``: :func:`named_recipes`, or an old name of one, compat.py); a preset name: that net under the
     ``study`` recipe; a dict: a file's tables. Then the ``--set`` overrides."""
-    if isinstance(source, (str, Path)) and not Path(source).exists() and renamed_file(str(source)) is not None:
-        source = renamed_file(str(source))  # a recipe file that was moved or removed: what it is now
+    if isinstance(source, (str, Path)) and not Path(source).exists() and (new := renamed_file(str(source))):
+        source = new  # a recipe file that was moved or removed: what it is now
     if isinstance(source, str):
         source = RENAMED_RECIPES.get(source, source)
     if source is None or isinstance(source, dict) or source == "default":

@@ -376,9 +376,9 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
         "final_eval_seconds": round(final["seconds"], 4),
         "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
         # the training step recorded as a CUDA graph (train/step.py): whether, how often, at what cost
-        "step_graph": state.step.graphed if state.step else False,
-        "graph_captures": state.step.captures if state.step else 0,
-        "capture_seconds": round(state.step.capture_seconds, 4) if state.step else 0.0,
+        "step_graph": state.step.graphed,  # fit makes the step, even when no epoch was left to run
+        "graph_captures": state.step.captures,
+        "capture_seconds": round(state.step.capture_seconds, 4),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "host_cpu": host_cpu(),
         "torch_version": torch.__version__,
