@@ -42,7 +42,7 @@ def test_overrides_are_typed():
     ("schedule.name=onecycle", "'onecycle' is not allowed; choose one of 'cosine', 'plateau'"),
     ("train.channels_last=1", "expected true or false"),
     ("model.stage_strides=[1, 2]", "stage_strides has 2 entries"),
-    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("train.epochs=0", "train.epochs must be between 1 and 10,000, got 0"),
     ("optim.lr=-1", "optim.lr must be a positive number"),
     ("nonsense", "must look like section.key=value"),
 ])

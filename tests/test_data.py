@@ -340,5 +340,6 @@ def test_a_bad_data_manifest_is_one_data_error(tmp_path, text):
     from resbudget.data import read_manifest
 
     (tmp_path / "m.json").write_text(text)
-    with pytest.raises(DataError, match="m.json: not a valid data manifest|m.json: a data manifest needs"):
+    with pytest.raises(DataError, match="m.json: not a valid data manifest|m.json: a data manifest needs|"
+                                        "m.json is not valid JSON"):
         read_manifest(tmp_path / "m.json")

@@ -139,7 +139,7 @@ def _with_metadata(path, spec_text):
     (json.dumps({**TINY.to_dict(), "stage_widths": [100000, 100000]}), "over the budget of 5,000,000"),
     (json.dumps({**TINY.to_dict(), "stage_blocks": [100000, 1]}), "layers; at most"),
     (json.dumps({**TINY.to_dict(), "image_size": 100000}), "inputs, larger than any CIFAR net's"),
-    ("[1, 2]", "the model spec in its metadata is not valid: a model spec must be a table"),
+    ("[1, 2]", "the model spec in its metadata is not a JSON object"),
     ("{not json", "the model spec in its metadata is not valid JSON"),
     (json.dumps({**TINY.to_dict(), "stage_widths": "wide"}), "model.stage_widths: expected a list of int"),
     (json.dumps({**TINY.to_dict(), "stem_kernel": 5}),
@@ -236,7 +236,7 @@ def test_a_batch_file_that_is_a_folder_or_a_link_loop_is_called_so(tmp_path, sma
     batch = root / "cifar-10-batches-bin" / "data_batch_2.bin"
     batch.unlink()
     batch.mkdir()
-    with pytest.raises(DataError, match="data_batch_2.bin: is a folder, not a batch file"):
+    with pytest.raises(DataError, match="data_batch_2.bin is a folder, not a batch file"):
         load_cifar10(root, **limits)
     batch.rmdir()
     loop = root / "cifar-10-batches-bin" / "loop"

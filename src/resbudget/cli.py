@@ -10,8 +10,37 @@ import sys
 from pathlib import Path
 
 from ._defaults import HEARTBEAT_SECONDS
-from .models.budget import DEFAULT_BUDGET
+from .models.budget import DEFAULT_BUDGET, MAX_PARAMS
+from .train.config import MAX_EPOCHS, MAX_SEED
 from .version import __version__
+
+
+class UsageError(Exception):
+    """A command line argparse cannot read: reported in one line, exit status 2, as every other error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override] - raises instead of printing the usage
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _number_in(low: float, high: float, kind: type = int):  # noqa: ANN202 - an argparse type
+    """An argparse type: a whole number (``kind=int``) or a finite number in [low, high], else a one-line error."""
+    def parse(text: str):  # noqa: ANN202
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole' if kind is int else 'a'} number, got {text!r}") \
+                from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be between {low:,g} and {high:,g}, got {text}")
+        return value
+    return parse
+
+
+SEED = _number_in(0, MAX_SEED)
+SEEDS = _number_in(1, 100)  # how many seeds
+HEARTBEAT = _number_in(1, 3600, float)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -96,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load_ensemble(args.checkpoint, **limits) if is_ensemble(args.checkpoint) else None
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
                                  precision=args.precision, model=model, corruptions=args.images if args.corruptions
-                                 else 0, seed=args.seed, **limits)
+                                 else 0, seed=args.seed, allow_unfinished=args.allow_unfinished, **limits)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -122,7 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy import IMAGE_METHOD, load_predictor, predict_files
 
-    predictor = load_predictor(args.model, budget=args.budget, allow_over_budget=args.allow_over_budget)
+    predictor = load_predictor(args.model, budget=args.budget, allow_over_budget=args.allow_over_budget,
+                               allow_unfinished=args.allow_unfinished)
     results, said_resized, failed = [], False, 0
     for r in predict_files(predictor, args.images, top_k=args.top_k):
         if "error" in r:
@@ -145,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .deploy import export_onnx
 
     path = export_onnx(args.run, args.out, opset=args.opset, budget=args.budget,
-                       allow_over_budget=args.allow_over_budget)
+                       allow_over_budget=args.allow_over_budget, allow_unfinished=args.allow_unfinished)
     print(f"ONNX model written to {path} (input: float32 N x 3 x 32 x 32 RGB in 0-1; outputs: logits, probabilities)")
     return 0
 
@@ -153,7 +183,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .train import calibrate_run
 
-    r = calibrate_run(args.run, data_dir=args.data_dir, device=args.device)
+    r = calibrate_run(args.run, data_dir=args.data_dir, device=args.device, allow_unfinished=args.allow_unfinished)
     print(json.dumps(r, indent=2) if args.json else
           f"{args.run}: temperature {r['temperature']:.4f} fitted on {r['val_images']:,} validation images; "
           f"validation NLL {r['val_nll']:.4f} -> {r['val_nll_calibrated']:.4f}, ECE {r['val_ece']:.4f} -> "
@@ -222,20 +252,20 @@ def _search_storage(args: argparse.Namespace) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     _need_search_extra()
     from .search import SearchSettings, load_space, run_search
+    from .search.engine import trained
 
-    given = {k: getattr(args, k) for k in ("budget", "macs_budget", "trial_minutes", "space", "seed", "val_size",
-                                           "fill") if getattr(args, k) not in (None, False)}
+    given = {k: getattr(args, k) for k in ("budget", "macs_budget", "trial_minutes", "space", "seed", "val_size")
+             if getattr(args, k) is not None} | ({"fill": True} if args.fill else {})
     settings = None
-    if given:  # creating the search, or checking a worker's options against the stored ones
-        settings = SearchSettings(space=load_space(args.space), budget=args.budget or DEFAULT_BUDGET,
-                                  macs_budget=args.macs_budget,
-                                  trial_seconds=60 * args.trial_minutes if args.trial_minutes else None,
-                                  val_size=args.val_size or 5000, seed=args.seed or 0, fill=args.fill)
+    if given:  # creating the search, or checking a worker's options against the stored ones (unset: the defaults)
+        minutes, space = given.pop("trial_minutes", None), given.pop("space", None)
+        settings = SearchSettings(space=load_space(space), **given,
+                                  **({"trial_seconds": 60 * minutes} if minutes is not None else {}))
     folder = _search_folder(args)
     study = run_search(args.name, trials=args.trials, out_dir=folder, storage=args.storage,
                        settings=settings, data_dir=args.data_dir, heartbeat=args.heartbeat)
-    print(f"search {args.name!r}: {len(study.trials)} trials in storage; `resbudget search report {args.name}` "
-          "shows them")
+    print(f"search {args.name!r}: {sum(trained(t) for t in study.trials)} trials trained; `resbudget search report "
+          f"{args.name}` shows them")
     return 0
 
 
@@ -314,8 +344,13 @@ def cmd_ensemble_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_unfinished_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--allow-unfinished", action="store_true", help="use the weights of a run folder whose run has "
+                   "not finished (killed or still training), which are an earlier epoch's")
+
+
 def _add_budget_flags(s: argparse.ArgumentParser, budget_help: str) -> None:
-    s.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+    s.add_argument("--budget", type=_number_in(1, MAX_PARAMS), default=DEFAULT_BUDGET,
                    help=f"parameter budget (default {DEFAULT_BUDGET:,}): {budget_help}")
     s.add_argument("--allow-over-budget", action="store_true",
                    help="load nets above --budget (a hard ceiling on size still holds)")
@@ -332,7 +367,7 @@ def _add_eval_flags(s: argparse.ArgumentParser, budget_help: str, func) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resbudget", description="ResNets for CIFAR-10 under a parameter budget.")
+    p = _Parser(prog="resbudget", description="ResNets for CIFAR-10 under a parameter budget.")
     p.add_argument("--version", action="version", version=f"resbudget {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -343,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("arch", help="per-layer summary of a preset or spec: shapes, parameters, MACs, warnings")
     s.add_argument("model", metavar="PRESET|SPEC.toml")
     s.add_argument("--set", action="append", metavar="model.KEY=VALUE", help="change a spec field")
-    s.add_argument("--budget", type=int, default=DEFAULT_BUDGET)
+    s.add_argument("--budget", type=_number_in(1, MAX_PARAMS), default=DEFAULT_BUDGET)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_arch)
 
@@ -365,13 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="run a study's experiments (e.g. paper), resumably, optionally at fewer epochs")
     s.add_argument("study", metavar="NAME|DIR", help="a folder of experiment configs, or its name under experiments/")
     s.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
-    s.add_argument("--epochs", type=int, help="scale every schedule to this many epochs (default: as written)")
-    s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per experiment (default 1)")
+    s.add_argument("--epochs", type=_number_in(1, MAX_EPOCHS),
+                   help="scale every schedule to this many epochs (default: as written)")
+    s.add_argument("--seeds", type=SEEDS, default=1, help="seeds 0..N-1 per experiment (default 1)")
     s.add_argument("--out", type=Path, metavar="DIR", help="default runs/study-NAME/eE (or full)")
     s.add_argument("--data-dir", metavar="DIR")
     s.add_argument("--storage", metavar="URL", help="share the runs with every worker started with the same options "
                    "and storage (SQLAlchemy URL, e.g. postgresql+psycopg://USER@HOST/DB)")
-    s.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="S", help="with --storage: a worker "
+    s.add_argument("--heartbeat", type=HEARTBEAT, default=HEARTBEAT_SECONDS, metavar="S",
+                   help="with --storage: a worker "
                    f"silent for 3 beats has its run given to another (default {HEARTBEAT_SECONDS:g} s)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_study)
@@ -379,19 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search nets and recipes under a budget (Optuna); also: search report NAME, "
                        "search confirm NAME")
     s.add_argument("name", metavar="NAME", help="the search's name in its storage")
-    s.add_argument("--trials", type=int, default=15, help="trained trials in all, over every worker (default 15)")
+    s.add_argument("--trials", type=_number_in(1, 10_000), default=15,
+                   help="trained trials in all, over every worker (default 15)")
     s.add_argument("--budget", type=parse_count, help="parameter budget, e.g. 5M (default 5M)")
     s.add_argument("--macs-budget", type=parse_count, metavar="M", help="MACs per image, e.g. 300M (default: none)")
-    s.add_argument("--trial-minutes", type=float, metavar="T", help="stop a trial that runs past T minutes; the "
+    s.add_argument("--trial-minutes", type=_number_in(0.01, 7 * 24 * 60, float), metavar="T",
+                   help="stop a trial that runs past T minutes; the "
                    "objective is then accuracy in that time (default: no limit)")
     s.add_argument("--space", metavar="FILE", help="a TOML file that fixes or narrows the default space")
-    s.add_argument("--seed", type=int, help="the sampler's and the trials' seed (default 0)")
-    s.add_argument("--val-size", type=int, metavar="N", help="held-out training images that score trials "
-                   "(default 5,000)")
+    s.add_argument("--seed", type=SEED, help="the sampler's and the trials' seed (default 0)")
+    s.add_argument("--val-size", type=_number_in(100, 49_000), metavar="N", help="held-out training images that "
+                   "score trials (default 5,000)")
     s.add_argument("--fill", action="store_true", help="scale each drawn net's widths up to fill the budget")
     s.add_argument("--storage", metavar="URL", help="SQLAlchemy URL shared by the workers (default: an SQLite file "
                    "in the search folder); postgresql+psycopg://USER@HOST/DB for several machines")
-    s.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="S", help="a worker silent for 3 "
+    s.add_argument("--heartbeat", type=HEARTBEAT, default=HEARTBEAT_SECONDS, metavar="S", help="a worker silent for 3 "
                    f"beats has its trial retried (default {HEARTBEAT_SECONDS:g} s)")
     s.add_argument("--out", type=Path, metavar="DIR", help="search folder (default runs/search/NAME)")
     s.add_argument("--data-dir", metavar="DIR")
@@ -406,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search confirm", prog="resbudget search confirm")
     s.add_argument("name", metavar="NAME")
-    s.add_argument("--top", type=int, default=1, metavar="K", help="the K best trials (default 1)")
-    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 each (default 3)")
+    s.add_argument("--top", type=_number_in(1, 1000), default=1, metavar="K", help="the K best trials (default 1)")
+    s.add_argument("--seeds", type=SEEDS, default=3, help="seeds 0..N-1 each (default 3)")
     s.add_argument("--with-base", action="store_true", help="also the search's base recipe, for comparison")
     s.add_argument("--storage", metavar="URL")
     s.add_argument("--out", type=Path, metavar="DIR", help="search folder (default runs/search/NAME)")
@@ -427,10 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     ens_sub = ens.add_subparsers(dest="ensemble_command", required=True)
     s = ens_sub.add_parser("train", help="train K members of one preset or config under one budget")
     s.add_argument("config", nargs="?", metavar="PRESET|CONFIG.toml")
-    s.add_argument("--members", type=int, metavar="K", help="how many (default 5 for ens5-1m, 10 for ens10-500k)")
-    s.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="for all members together (each gets budget/K)")
+    s.add_argument("--members", type=_number_in(1, 100), metavar="K",
+                   help="how many (default 5 for ens5-1m, 10 for ens10-500k)")
+    s.add_argument("--budget", type=_number_in(1, MAX_PARAMS), default=DEFAULT_BUDGET,
+                   help="for all members together (each gets budget/K)")
     s.add_argument("--widest", action="store_true", help="scale the model's widths to the widest that fits budget/K")
-    s.add_argument("--seeds", type=int, nargs="+", help="one per member (default: train.seed, +1, +2, ...)")
+    s.add_argument("--seeds", type=SEED, nargs="+", help="one per member (default: train.seed, +1, +2, ...)")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     s.add_argument("--out", type=Path, metavar="DIR", help="default runs/ensK-PRESET")
     s.add_argument("--data-dir", metavar="DIR")
@@ -448,14 +489,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=1, metavar="K", help="the K most probable classes (default 1)")
     s.add_argument("--json", action="store_true")
     _add_budget_flags(s, "a net above it is refused")
+    _add_unfinished_flag(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="write a run's net as an ONNX model (normalisation and temperature inside)")
     s.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
     s.add_argument("--format", choices=("onnx",), default="onnx")
     s.add_argument("--out", type=Path, metavar="FILE", help="default: model.onnx beside the weights")
-    s.add_argument("--opset", type=int, default=18)
+    s.add_argument("--opset", type=int, help="the ONNX opset to write (default 18, the exporter's own)")
     _add_budget_flags(s, "a net above it is refused")
+    _add_unfinished_flag(s)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("calibrate", help="fit a run's temperature on its own validation split")
@@ -463,16 +506,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", metavar="DIR")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
+    _add_unfinished_flag(s)
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("eval", help="test accuracy of a run folder, checkpoint or ensemble folder")
     s.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|ENSEMBLE_DIR")
     s.add_argument("--corruptions", action="store_true",
                    help="also the accuracy under 8 common corruptions at 5 severities (noise, blur, contrast, ...)")
-    s.add_argument("--images", type=int, default=2000, metavar="N",
+    s.add_argument("--images", type=_number_in(1, 10_000), default=2000, metavar="N",
                    help="with --corruptions: the first N test images (default 2,000)")
-    s.add_argument("--seed", type=int, default=0, help="with --corruptions: the seed of the random corruptions")
+    s.add_argument("--seed", type=SEED, default=0, help="with --corruptions: the seed of the random corruptions")
     _add_eval_flags(s, "a checkpoint (or an ensemble's members together) above it is refused", cmd_eval)
+    _add_unfinished_flag(s)
     return p
 
 
@@ -486,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "search" and argv[1] in ("report", "confirm"):
         argv = [f"search {argv[1]}", *argv[2:]]  # two-word commands, parsed as one
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"resbudget: error: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import pickle
 import tarfile
@@ -21,12 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import parse_json, read_bounded, regular_file
+
 ENV_VAR = "RESBUDGET_DATA_DIR"
 MANIFEST_ENV_VAR = "RESBUDGET_DATA_MANIFEST"  # checksums and counts of a set that is not the official one
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 RECORD_BYTES = 1 + 3 * 32 * 32
+MAX_BATCH_BYTES = 256 * 1024 * 1024  # an official batch file is 30.7 MB (binary) or 31 MB (python)
+MAX_MANIFEST_BYTES = 64 * 1024
 
 
 class DataError(RuntimeError):
@@ -126,6 +129,7 @@ def _digest(data: bytes, algorithm: str) -> str:
 
 
 def file_digest(path: Path, algorithm: str) -> str:
+    regular_file(path, DataError, what="a data file")
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -217,14 +221,9 @@ def _read_members(located: Located, names: list[str]) -> dict[str, bytes]:
     if not located.is_archive:
         for name in names:
             path = located.path / name
-            try:
-                out[name] = path.read_bytes()
-            except FileNotFoundError:
-                raise DataError(f"{path}: missing (the {located.fmt.name} version needs {', '.join(names)})") from None
-            except IsADirectoryError:
-                raise DataError(f"{path}: is a folder, not a batch file") from None
-            except OSError as e:  # a symbolic link loop, no permission, an I/O error
-                raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+            if not path.exists() and not path.is_symlink():
+                raise DataError(f"{path}: missing (the {located.fmt.name} version needs {', '.join(names)})")
+            out[name] = read_bounded(path, MAX_BATCH_BYTES, DataError, "a batch file")
         return out
     verify_archive(located.path, located.fmt)
     with tarfile.open(located.path, "r:gz") as tar:
@@ -279,9 +278,7 @@ def read_manifest(path: str | os.PathLike) -> tuple[Format, tuple[int, int]]:
     its ``"archive_md5"``."""
     path = Path(path)
     try:
-        if not path.is_file() or path.stat().st_size > 1 << 16:
-            raise DataError(f"{path}: not a data manifest (no such file, or over 64 KiB)")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_bounded(path, MAX_MANIFEST_BYTES, DataError, "a data manifest"), DataError, str(path))
         fmt = next(f for f in FORMATS if f.name == data["format"])
         files = {key: tuple(FileCheck(c["name"], c["algorithm"], c["digest"], c.get("size")) for c in data[key])
                  for key in ("train_files", "test_files")}

@@ -11,16 +11,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._io import publish_new, usual_mode
 from ..data import CLASSES, MEAN, STD
 from ..models import DEFAULT_BUDGET, ModelSpec
-from ..train import CheckpointError, load_model, temperature_of
+from ..train import CheckpointError, load_model, temperature_of, weights_path
 from ..version import __version__
+
+DEFAULT_OPSET = 18
+
+
+def supported_opsets() -> tuple[int, int]:
+    """(lowest, highest) ONNX opset written as asked: PyTorch's exporter builds opset 18 graphs (lower ones would
+    need a conversion that fails for these nets), and the installed onnx package knows opsets up to its own."""
+    import onnx
+
+    return DEFAULT_OPSET, onnx.defs.onnx_opset_version()
 
 
 class Deployable(nn.Module):
@@ -38,27 +50,34 @@ class Deployable(nn.Module):
         return logits, logits.softmax(-1)
 
 
-def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None, *, opset: int = 18,
-                budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False) -> Path:
-    """Write the ONNX model of a run folder or checkpoint to ``out`` (default: ``model.onnx`` beside the weights);
-    an existing file is not overwritten."""
+def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None, *, opset: int | None = None,
+                budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False, allow_unfinished: bool = False) -> Path:
+    """Write the ONNX model of a finished run folder or a checkpoint to ``out`` (default: ``model.onnx`` beside the
+    weights), at exactly the ONNX ``opset`` asked for (one of :func:`supported_opsets`; default 18). The model is
+    written to a temporary file and moved into place only if ``out`` still does not exist: an existing file is never
+    replaced, even one another export wrote meanwhile."""
     try:
         import onnx
     except ImportError:
         raise CheckpointError("export needs the deploy extra: pip install -e '.[deploy]' (onnx, onnxscript, "
                               "onnxruntime)") from None
-    source = Path(source)
-    weights = source / "model.safetensors" if source.is_dir() else source
+    opset = DEFAULT_OPSET if opset is None else opset
+    low, high = supported_opsets()
+    if not low <= opset <= high:
+        raise ValueError(f"--opset {opset} is not supported: the exporter writes ONNX opsets {low} to {high}")
+    weights = weights_path(source, allow_unfinished)
     out = Path(out) if out is not None else weights.with_suffix(".onnx")
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise CheckpointError(f"{out} exists; it is not overwritten: choose another --out")
-    if not 7 <= opset <= 23:
-        raise ValueError(f"--opset must be between 7 and 23, got {opset}")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"{out.parent} is not a folder: --out must name a file in an existing folder")
     model, spec = load_model(weights, budget=budget, allow_over_budget=allow_over_budget)
     temperature = temperature_of(weights)
     module = Deployable(model, temperature).eval()
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
-    tmp = out.with_name(f".{out.name}.tmp")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     try:
@@ -69,9 +88,14 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None,
                               input_names=["images"], output_names=["logits", "probabilities"],
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False)
         graph = onnx.load(str(tmp))
+        written = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
+        if written != opset:
+            raise CheckpointError(f"the exporter could not write opset {opset} for this net (it wrote {written}); "
+                                  f"nothing was written; use --opset {DEFAULT_OPSET}")
         _set_metadata(graph, spec, temperature)
         onnx.save(graph, str(tmp))
-        os.replace(tmp, out)
+        os.chmod(tmp, usual_mode())
+        publish_new(tmp, out, CheckpointError)
     finally:
         quiet.setLevel(level)
         tmp.unlink(missing_ok=True)

@@ -11,35 +11,75 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import MAX_BYTES, regular_file
 from ..data import CLASSES, normalize
 from ..ensemble import is_ensemble, load_ensemble
 from ..models import DEFAULT_BUDGET
-from ..train import load_model, temperature_of
+from ..train import load_model, temperature_of, weights_path
 
-IMAGE_METHOD = ("the central square crop, resized to 32x32 with Pillow's Lanczos filter (antialiased); transparency "
-                "composited onto white, greyscale and palette images turned into RGB")
+IMAGE_METHOD = ("turned upright as its EXIF orientation says, the central square crop, resized to 32x32 with Pillow's "
+                "Lanczos filter (antialiased); transparency composited onto white, greyscale and palette images "
+                "turned into RGB, 16-bit and floating-point (0-1) greyscale scaled to 8 bits")
+MAX_IMAGE_PIXELS = 50_000_000  # checked from the header, before decoding: a 50-megapixel photo still fits in memory
 
 
 class ImageError(ValueError):
     """A file that is not an image Pillow can read."""
 
 
+def _wide_grey_to_rgb(image, path: Path):  # noqa: ANN001, ANN202 - PIL images
+    """16-bit (``I;16*``, or ``I`` holding 0-65535) and float (``F``, 0-1) greyscale as 8-bit RGB, scaled."""
+    from PIL import Image
+
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise ImageError(f"{path}: a floating-point image must hold values in 0-1, this one holds "
+                             f"{np.nanmin(values):g} to {np.nanmax(values):g}")
+        scale = 255.0
+    else:
+        if values.min() < 0 or values.max() > 65535:
+            raise ImageError(f"{path}: a 32-bit integer image is read as 16-bit (0-65535), this one holds "
+                             f"{values.min():g} to {values.max():g}")
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.rint(values * scale).astype(np.uint8), "L").convert("RGB")
+
+
 def load_image(path: str | os.PathLike, size: int = 32) -> tuple[np.ndarray, bool]:
     """(uint8 array 3 x size x size, whether it was resized) of an image file, converted as :data:`IMAGE_METHOD`
-    says."""
-    from PIL import Image, UnidentifiedImageError
+    says. Only a regular file of at most ``MAX_BYTES["image"]`` is opened, and an image over
+    :data:`MAX_IMAGE_PIXELS` is refused from its header."""
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    regular_file(path, ImageError, MAX_BYTES["image"], "an image file")
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image.alpha_composite(rgba)
-            image = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound, below, decides
+            with Image.open(path) as image:
+                w, h = image.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:,.0f} megapixels, over the "
+                                     f"{MAX_IMAGE_PIXELS / 1e6:,.0f} read here; downscale it first")
+                if image.format == "JPEG":  # decode at 1/2 to 1/8 scale where it stays >= 8x the output: less memory
+                    image.draft(image.mode, (size * 8, size * 8))
+                image = ImageOps.exif_transpose(image)
+                image.load()
+                if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+                    image = _wide_grey_to_rgb(image, path)
+                if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and
+                                                                       "transparency" in image.info):
+                    rgba = image.convert("RGBA")
+                    image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    image.alpha_composite(rgba)
+                image = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        if isinstance(e, ImageError):
+            raise
+        message = " ".join(str(e).split())
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {message})") from None
     w, h = image.size
     resized = (w, h) != (size, size)
     if resized:
@@ -64,13 +104,15 @@ class Predictor:
         return out.exp() if self.ensemble else (out / self.temperature).softmax(-1)
 
 
-def load_predictor(source: str | os.PathLike, *, budget: int = DEFAULT_BUDGET,
-                   allow_over_budget: bool = False) -> Predictor:
-    """A run folder, a checkpoint or an ensemble folder, ready to predict on the CPU."""
+def load_predictor(source: str | os.PathLike, *, budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False,
+                   allow_unfinished: bool = False) -> Predictor:
+    """A finished run folder (or an unfinished one, with ``allow_unfinished``), a checkpoint or an ensemble folder,
+    ready to predict on the CPU."""
     if is_ensemble(source):
         return Predictor(load_ensemble(source, budget=budget, allow_over_budget=allow_over_budget), 1.0, True)
-    model, _ = load_model(source, budget=budget, allow_over_budget=allow_over_budget)
-    return Predictor(model.to(memory_format=torch.channels_last), temperature_of(source), False)
+    weights = weights_path(source, allow_unfinished)
+    model, _ = load_model(weights, budget=budget, allow_over_budget=allow_over_budget)
+    return Predictor(model.to(memory_format=torch.channels_last), temperature_of(weights), False)
 
 
 def image_files(paths: list[str | os.PathLike]) -> Iterator[Path]:
@@ -90,6 +132,7 @@ def predict_files(predictor: Predictor, paths: list[str | os.PathLike], *, top_k
     if not 1 <= top_k <= len(CLASSES):
         raise ValueError(f"--top-k must be 1 to {len(CLASSES)}, got {top_k}")
     batch: list[tuple[Path, np.ndarray, bool]] = []
+    seen = 0
 
     def flush() -> Iterator[dict]:
         probs = predictor.probabilities(torch.from_numpy(np.stack([b[1] for b in batch])))
@@ -100,6 +143,7 @@ def predict_files(predictor: Predictor, paths: list[str | os.PathLike], *, top_k
         batch.clear()
 
     for path in image_files(paths):
+        seen += 1
         try:
             array, resized = load_image(path)
         except ImageError as e:
@@ -111,3 +155,5 @@ def predict_files(predictor: Predictor, paths: list[str | os.PathLike], *, top_k
             yield from flush()
     if batch:
         yield from flush()
+    if not seen:
+        raise ImageError(f"no image files in {', '.join(map(str, paths))} (hidden files are left out)")

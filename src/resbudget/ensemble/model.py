@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import write_text
+from .._io import read_json, write_text
 from ..models import DEFAULT_BUDGET, ModelSpec, check_budget, check_spec, count_params
 from ..train.checkpoint import CheckpointError, model_from_weights, read_weights, save_weights
 from .combine import RULES, mean_logits, mean_softmax
@@ -81,12 +81,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"{folder}: no {MANIFEST}, not an ensemble folder")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    manifest = read_json(path, CheckpointError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a resbudget ensemble manifest (a JSON object with format {FORMAT!r})")
     members = manifest.get("members")

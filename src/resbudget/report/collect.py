@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .._io import read_json, read_jsonl
 
 
 class ReportError(ValueError):
@@ -62,13 +63,9 @@ def find_runs(roots: list[str | os.PathLike]) -> list[Run]:
             raise ReportError(f"{root} does not exist")
         for summary_path in sorted(root.rglob("summary.json")):
             folder = summary_path.parent
-            try:
-                summary = json.loads(summary_path.read_text(encoding="utf-8"))
-                metrics = [json.loads(line) for line in
-                           (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-            except (OSError, json.JSONDecodeError) as e:
-                raise ReportError(f"{folder}: unreadable run ({e})") from None
-            if "config" not in summary or "test_accuracy" not in summary:
+            summary = read_json(summary_path, ReportError)
+            metrics = read_jsonl(folder / "metrics.jsonl", ReportError)
+            if not isinstance(summary, dict) or "config" not in summary or "test_accuracy" not in summary:
                 raise ReportError(f"{summary_path}: not a resbudget run summary")
             runs.append(Run(folder, summary, metrics))
     if not runs:

@@ -37,7 +37,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from .._defaults import HEARTBEAT_SECONDS
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET
+from ..models.budget import MAX_PARAMS
 from ..train import ConfigError, TrainingError, config_to_dict, train_run
+from ..train.config import LIMITS, MAX_SEED
 from .space import Rejected, Space, check_trial, fill_budget, load_space, trial_config
 
 PRUNE_FIRST_AT = 25  # % of a trial's epochs: successive halving's first rung, then 50%, then 100%
@@ -62,14 +64,17 @@ class SearchSettings:
     fill: bool = False
 
     def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise SearchError(f"the parameter budget must be positive, got {self.budget}")
+        if not 1 <= self.budget <= MAX_PARAMS:
+            raise SearchError(f"the parameter budget must be between 1 and {MAX_PARAMS:,}, got {self.budget}")
         if self.macs_budget is not None and self.macs_budget < 1:
             raise SearchError(f"the MACs budget must be positive, got {self.macs_budget}")
         if self.trial_seconds is not None and not (self.trial_seconds > 0 and math.isfinite(self.trial_seconds)):
             raise SearchError(f"the time per trial must be a positive number of seconds, got {self.trial_seconds}")
-        if self.val_size < 100:
-            raise SearchError(f"a search needs a validation split of at least 100 images, got {self.val_size}")
+        low, high = LIMITS["data.val_size"]
+        if not 100 <= self.val_size <= high:
+            raise SearchError(f"a search needs a validation split of 100 to {high:,} images, got {self.val_size}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise SearchError(f"the search's seed must be between 0 and {MAX_SEED:,}, got {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"space": self.space.to_dict(), "budget": self.budget, "macs_budget": self.macs_budget,
@@ -177,8 +182,17 @@ def sampler_for(study: optuna.Study, settings: SearchSettings) -> optuna.sampler
 
 
 def trained(trial: FrozenTrial) -> bool:
-    """Trials that count towards the search's number: finished or pruned, not rejected from the spec."""
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and "rejected" not in trial.user_attrs
+    """Trials that count towards the search's number: finished or pruned, not rejected from the spec (nor left
+    untrained because enough trials were already done or running)."""
+    return (trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and "rejected" not in trial.user_attrs
+            and "surplus" not in trial.user_attrs)
+
+
+def under_way(trials: list[FrozenTrial], before: int | None = None) -> int:
+    """The trials that count or will count unless they fail: trained, or running now (all workers); with
+    ``before``, only those numbered below it (created earlier: the storage numbers trials in creation order)."""
+    return sum(1 for t in trials if (before is None or t.number < before)
+               and (trained(t) or (t.state == TrialState.RUNNING and "surplus" not in t.user_attrs)))
 
 
 def _requeue_interrupted(study: optuna.Study) -> int:
@@ -196,11 +210,16 @@ def _requeue_interrupted(study: optuna.Study) -> int:
 class Objective:
     """One trial: draw, check from the spec, train on the training set minus the validation split, score."""
 
-    def __init__(self, name: str, settings: SearchSettings, out_dir: Path, data: CIFAR10):
-        self.name, self.settings, self.out_dir, self.data = name, settings, out_dir, data
+    def __init__(self, name: str, settings: SearchSettings, out_dir: Path, data: CIFAR10, trials: int):
+        self.name, self.settings, self.out_dir, self.data, self.trials = name, settings, out_dir, data, trials
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.settings
+        # Two workers can both see one trial missing and both start one: the later-numbered one gives way, so the
+        # search ends with exactly the number of trials asked for.
+        if under_way(trial.study.get_trials(deepcopy=False), before=trial.number) >= self.trials:
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned("enough trials are done or running on other workers")
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         try:
@@ -321,30 +340,35 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal rejected_in_a_row
+        if "surplus" in trial.user_attrs:
+            study.stop()
+            return
         say(trial_line(trial, best_trial(study)))
         rejected_in_a_row = rejected_in_a_row + 1 if "rejected" in trial.user_attrs else 0
         if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
             study.stop()
             raise SearchError(f"{rejected_in_a_row} drawn configs in a row were rejected from their specs: narrow "
                               "the space (--space) or raise the budget")
-        if sum(trained(t) for t in study.get_trials(deepcopy=False)) >= trials:
+        if under_way(study.get_trials(deepcopy=False)) >= trials:  # done, or the rest running on other workers
             study.stop()
 
     study.sampler = sampler_for(study, settings)
     study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=PRUNE_FIRST_AT, reduction_factor=2)
-    objective = Objective(name, settings, out_dir, data)
+    objective = Objective(name, settings, out_dir, data, trials)
     with contextlib.redirect_stderr(stream) if stream is not None else contextlib.nullcontext():
-        study.optimize(objective, callbacks=[after_trial], catch=(RuntimeError,), gc_after_trial=True)
-        # Enough trials are done, but other workers may still hold some. A worker that died holds its trial until
-        # its heartbeat has been silent for the grace period; this worker waits for that, fails it, and runs the
-        # retry, so no search ends with a dead worker's trial left running and never retried.
+        # Trials until enough are done or running; then wait for the running ones. One that fails, or whose worker
+        # dies (its heartbeat silent for the grace period: this worker fails it and runs the retry), leaves a trial
+        # missing, and this worker starts it: no search ends short, none with a trial left running and never retried.
         while True:
-            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trials_now = study.get_trials(deepcopy=False)
+            if any(t.state == TrialState.WAITING for t in trials_now):
                 study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,),
                                gc_after_trial=True)
-                continue
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            elif under_way(trials_now) < trials:
+                study.optimize(objective, callbacks=[after_trial], catch=(RuntimeError,), gc_after_trial=True)
+            elif any(t.state == TrialState.RUNNING for t in trials_now):
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(max(0.2, heartbeat / 4))
+            else:
                 break
-            optuna.storages.fail_stale_trials(study)
-            time.sleep(max(0.2, heartbeat / 4))
     return study

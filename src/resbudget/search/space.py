@@ -21,11 +21,13 @@ import dataclasses
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._io import read_toml
+from .._types import coerce, type_name
 from ..models import (
     BudgetError,
     ModelSpec,
@@ -35,9 +37,11 @@ from ..models import (
     count_macs,
 )
 from ..train import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from ..train.config import check_limit
 
 PER_STAGE = ("model.stage_widths", "model.stage_blocks", "model.stage_strides")
 STAGES = "model.stages"
+MAX_STAGES = 8
 
 # The builder's and the recipe's knobs, around the default recipe (the airres net and airbench's Muon recipe).
 DEFAULT_SPACE: dict[str, Any] = {
@@ -164,6 +168,8 @@ class Space:
             if not hasattr(getattr(base, section), name):
                 raise SpaceError(f"search space: unknown config key {key!r}")
         stages = self.param(STAGES)
+        for p in self.params:
+            _check_types(p, base, per_stage=stages is not None)
         if stages is not None:
             fixed = [p.key for p in self.params if p.key in PER_STAGE and p.is_fixed]
             drawn = [k for k in PER_STAGE if k not in keys]
@@ -228,6 +234,35 @@ class Space:
             if not _holds(p, v):
                 return None
         return {k: json.dumps(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
+def _check_types(p: Param, base: Config, per_stage: bool) -> None:
+    """Every value ``p`` can give (fixed, each choice, both ends of a range) checked against its config key's type
+    and range (:data:`LIMITS`), so that a space that could only draw invalid configs fails when it loads, before any
+    data is read."""
+    where = f"search space: {p.key}"
+    if p.key == STAGES:
+        hint: Any = int
+    else:
+        section, _, name = p.key.partition(".")
+        hint = typing.get_type_hints(type(getattr(base, section)))[name]
+        if p.key in PER_STAGE and per_stage and not p.is_fixed:  # drawn once per stage: each value is one stage's
+            hint = typing.get_args(hint)[0]
+    if p.is_fixed:
+        values = [p.fixed]
+    elif p.choices:
+        values = list(p.choices)
+    else:
+        if hint not in (int, float):
+            raise SpaceError(f"{where}: a range needs a number key, this one is a {type_name(hint)}")
+        if hint is int and not (isinstance(p.low, int) and isinstance(p.high, int)):
+            raise SpaceError(f"{where} takes whole numbers: give the range integer ends, got {p.low!r} to {p.high!r}")
+        values = [p.low, p.high]
+    for v in values:
+        coerce(v, hint, where, SpaceError)
+        if p.key == STAGES and not 1 <= v <= MAX_STAGES:
+            raise SpaceError(f"{where} must be between 1 and {MAX_STAGES}, got {v}")
+        check_limit(p.key, v, SpaceError, "search space: ")
 
 
 def _holds(p: Param, v: Any) -> bool:

@@ -1,4 +1,12 @@
-from .checkpoint import CheckpointError, load_model, load_state, save_state, save_weights, temperature_of
+from .checkpoint import (
+    CheckpointError,
+    load_model,
+    load_state,
+    save_state,
+    save_weights,
+    temperature_of,
+    weights_path,
+)
 from .config import (
                      Config,
                      ConfigError,
@@ -26,4 +34,4 @@ __all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "Experiment
            "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config", "load_model",
            "load_state",
            "make_optimizer", "model_logits", "save_state", "save_weights", "scale_epochs", "select_device",
-           "temperature_of", "train_run"]
+           "temperature_of", "train_run", "weights_path"]

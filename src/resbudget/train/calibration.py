@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 
 ECE_BINS = 15
+# The temperatures a net may carry: a fitted one is near 1 (0.4-3 in every run measured); outside this range the
+# probabilities would be meaningless (all one class, or all 10%), so such a value is refused where it is read.
+TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
@@ -35,12 +38,15 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, temperature:
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T > 0 that minimises the NLL of softmax(logits / T): a golden-section search on log T in [-5, 5] (the NLL
-    is smooth and unimodal in log T), to 1e-6."""
+    """The T in :data:`TEMPERATURE_RANGE` that minimises the NLL of softmax(logits / T): a golden-section search on
+    log T (the NLL is smooth and unimodal in log T), to 1e-6. Logits that are not finite are refused."""
+    if not torch.isfinite(logits).all():
+        raise ValueError("the net gives logits that are not finite numbers (NaN or inf): no temperature can be fitted")
+
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(logits.double() / math.exp(log_t), labels))
 
-    low, high = -5.0, 5.0
+    low, high = (math.log(t) for t in TEMPERATURE_RANGE)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = high - ratio * (high - low), low + ratio * (high - low)
     fa, fb = nll(a), nll(b)

@@ -18,10 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .._io import atomic_path
+from .._io import atomic_path, parse_json, read_json, regular_file
 from ..models import DEFAULT_BUDGET, ModelSpec, ResNet, SpecError, build_model, check_spec
+from .calibration import TEMPERATURE_RANGE
 
 FORMAT = "resbudget-weights-v1"
+MAX_SPEC_CHARS = 64 * 1024  # a spec's JSON is a few hundred characters
 _PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -51,8 +53,9 @@ def _read(path: Path, missing: str, unreadable: str,
           tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a safetensors file (``tensors=False``: the metadata alone, nothing else is read); a
     missing or malformed one raises ``CheckpointError``."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"{path}: {missing}")
+    regular_file(path, CheckpointError, what="a safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}, ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
@@ -66,10 +69,11 @@ def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Te
     metadata, tensors = _read(path, "no such checkpoint file", "not a readable safetensors file")
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise CheckpointError(f"{path}: not a resbudget checkpoint (no model spec in its metadata)")
-    try:
-        data = json.loads(metadata["spec"])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the model spec in its metadata is not valid JSON ({e})") from None
+    if len(metadata["spec"]) > MAX_SPEC_CHARS:
+        raise CheckpointError(f"{path}: the model spec in its metadata is over {MAX_SPEC_CHARS:,} characters")
+    data = parse_json(metadata["spec"], CheckpointError, f"{path}: the model spec in its metadata")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: the model spec in its metadata is not a JSON object")
     try:
         return ModelSpec.from_dict(data), tensors, metadata
     except SpecError as e:
@@ -86,8 +90,10 @@ def temperature_of(path: str | os.PathLike) -> float:
         temperature = float(metadata.get("temperature", 1.0))
     except ValueError:
         raise CheckpointError(f"{path}: its temperature {metadata['temperature']!r:.40} is not a number") from None
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise CheckpointError(f"{path}: its temperature {temperature} is not a positive number")
+    low, high = TEMPERATURE_RANGE
+    if not (math.isfinite(temperature) and low <= temperature <= high):
+        raise CheckpointError(f"{path}: its temperature {temperature:g} is outside the range {low:g} to {high:g} a "
+                              "calibrated net can have; the file is damaged, or was not written by resbudget")
     return temperature
 
 
@@ -97,7 +103,9 @@ def model_from_weights(spec: ModelSpec, tensors: dict[str, torch.Tensor], path: 
     (``check_spec``) and every tensor's name and shape against it before anything is allocated."""
     check_spec(spec, budget, allow_over_budget, what=f"the net of {path}")
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
+        meta = build_model(spec).state_dict()
+    expected = {k: tuple(v.shape) for k, v in meta.items()}
+    expected_dtypes = {k: v.dtype for k, v in meta.items()}
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if missing or unexpected:
@@ -107,20 +115,46 @@ def model_from_weights(spec: ModelSpec, tensors: dict[str, torch.Tensor], path: 
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(f"{path}: tensor {name} has shape {list(tensors[name].shape)}, the spec needs "
                                   f"{list(shape)}")
-        if tensors[name].dtype.is_complex or (tensors[name].dtype == torch.bool):
-            raise CheckpointError(f"{path}: tensor {name} is {tensors[name].dtype}, not a number type for weights")
+        dtype, wanted = tensors[name].dtype, expected_dtypes[name]
+        if dtype.is_floating_point != wanted.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise CheckpointError(f"{path}: tensor {name} is {str(dtype).removeprefix('torch.')}, the net needs "
+                                  f"{str(wanted).removeprefix('torch.')}")
+        if dtype.is_floating_point and not torch.isfinite(tensors[name]).all():
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values; the net cannot predict")
     model = build_model(spec)
     model.load_state_dict(tensors)
     return model.eval()
 
 
-def load_model(path: str | os.PathLike, *, budget: int = DEFAULT_BUDGET,
-               allow_over_budget: bool = False) -> tuple[ResNet, ModelSpec]:
-    """A run folder (its model.safetensors) or a .safetensors file -> the model in eval mode, and its spec. The file
-    is untrusted: see :func:`model_from_weights`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
+def read_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's summary.json, which must be a JSON object."""
+    summary = read_json(path, CheckpointError)
+    if not isinstance(summary, dict):
+        raise CheckpointError(f"{path}: not a resbudget run summary (a JSON object)")
+    return summary
+
+
+def weights_path(source: str | os.PathLike, allow_unfinished: bool = False) -> Path:
+    """The weights file of a checkpoint, or of a run folder (its model.safetensors). A run folder must be finished
+    (its summary.json written, as the run's last act): an unfinished one's weights are those of an epoch before the
+    end, used only with ``allow_unfinished``."""
+    source = Path(source)
+    if not source.is_dir():
+        return source
+    if not allow_unfinished and not (source / "summary.json").exists():
+        state = source / "state.safetensors"
+        how = (f"resume it (resbudget train --resume --out {source})" if state.exists() else
+               "it has no training state either")
+        raise CheckpointError(f"{source}: the run has not finished (no summary.json); {how}, or pass "
+                              "--allow-unfinished to use the weights it holds")
+    return source / "model.safetensors"
+
+
+def load_model(path: str | os.PathLike, *, budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False,
+               allow_unfinished: bool = False) -> tuple[ResNet, ModelSpec]:
+    """A run folder (its model.safetensors; the run finished, see :func:`weights_path`) or a .safetensors file ->
+    the model in eval mode, and its spec. The file is untrusted: see :func:`model_from_weights`."""
+    path = weights_path(path, allow_unfinished)
     spec, tensors, _ = read_weights(path)
     return model_from_weights(spec, tensors, path, budget=budget, allow_over_budget=allow_over_budget), spec
 
@@ -164,7 +198,8 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     metadata, tensors = _read(path, "no training state to resume from", "unreadable training state")
+    structure = parse_json(metadata.get("structure", ""), CheckpointError, f"{path}: the state's structure")
     try:
-        return _unflatten(json.loads(metadata["structure"]), tensors)
+        return _unflatten(structure, tensors)
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None

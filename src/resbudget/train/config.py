@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 import tomli_w
 
-from .._io import read_toml
+from .._io import MAX_DEPTH, check_depth, read_toml
 from .._types import coerce, key_text
 from ..compat import MOVED_KEYS, REMOVED_KEYS, RENAMED_RECIPES, renamed_file
 from ..models import ModelSpec, SpecError, get_preset
-from ..models.budget import DEFAULT_BUDGET
+from ..models.budget import DEFAULT_BUDGET, MAX_PARAMS
 
 BASES_DIR = Path(__file__).resolve().parent / "bases"
 DEFAULTS = BASES_DIR / "default.toml"  # the base "default": never a file, the defaults are the dataclasses below
@@ -38,6 +38,38 @@ STUDY_MODE_NOTE = (
 
 class ConfigError(ValueError):
     """An unknown key or a value of the wrong type or range."""
+
+
+MAX_SEED = 2**32 - 1  # seeds are 32-bit everywhere they are used (torch, numpy, optuna's samplers)
+MAX_EPOCHS = 10_000
+# The inclusive range of each number a config may hold: below the low end it means nothing, above the high end it is
+# a typo that would run for years or exhaust the memory. Checked when a config is built and when a search space loads.
+LIMITS: dict[str, tuple[float, float]] = {
+    "train.epochs": (1, MAX_EPOCHS),
+    "train.batch_size": (1, 65_536),
+    "train.eval_batch_size": (1, 65_536),
+    "train.budget": (1, MAX_PARAMS),
+    "train.seed": (0, MAX_SEED),
+    "train.stem_bias_epochs": (0, MAX_EPOCHS),
+    "data.val_size": (0, 49_000),
+    "data.val_seed": (0, MAX_SEED),
+    "data.crop_padding": (0, 16),  # pixels on each side of a 32-pixel image
+    "data.cutout": (0, 32),  # the side of the square cut out
+    "data.rotate_degrees": (0, 180),
+    "data.train_limit": (0, 10_000_000),
+    "data.test_limit": (0, 10_000_000),
+    "schedule.patience": (0, MAX_EPOCHS),
+    "schedule.t_max": (0, MAX_EPOCHS),
+    "schedule.warmup_epochs": (0, MAX_EPOCHS),
+}
+
+
+def check_limit(key: str, value: float, error: type[Exception] = ConfigError, where: str = "") -> None:
+    """``error`` naming ``key`` if ``value`` is outside its :data:`LIMITS` (a key without limits passes)."""
+    if key in LIMITS:
+        low, high = LIMITS[key]
+        if not low <= value <= high:
+            raise error(f"{where}{key} must be between {low:,} and {high:,}, got {value:,}")
 
 
 @dataclass(frozen=True)
@@ -169,14 +201,12 @@ class Config:
                 "(e.g. 5000), or schedule.monitor='test' to reproduce the study, which watched the test set"
             )
         d = self.data
-        for name, value, low in (("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
-                                 ("train.eval_batch_size", t.eval_batch_size, 1), ("train.budget", t.budget, 1),
-                                 ("data.val_size", d.val_size, 0), ("data.crop_padding", d.crop_padding, 0),
-                                 ("data.cutout", d.cutout, 0), ("data.train_limit", d.train_limit, 0),
-                                 ("data.test_limit", d.test_limit, 0), ("schedule.patience", s.patience, 0),
-                                 ("train.stem_bias_epochs", t.stem_bias_epochs, 0)):
-            if value < low:
-                raise ConfigError(f"{name} must be >= {low}, got {value}")
+        for key in LIMITS:
+            section, _, name = key.partition(".")
+            check_limit(key, getattr(getattr(self, section), name))
+        if any(not 0 <= m <= MAX_EPOCHS for m in s.milestones):
+            raise ConfigError(f"schedule.milestones must be epochs between 0 and {MAX_EPOCHS:,}, got "
+                              f"{list(s.milestones)}")
         if not 0.0 <= d.noise <= 1.0:
             raise ConfigError(f"data.noise must be a sigma between 0 and 1 (on the 0-1 pixel scale), got {d.noise}")
         if not t.whiten_eps > 0:
@@ -333,6 +363,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"override {key}: the value nests lists more than {MAX_DEPTH} deep") from None
+    check_depth(value, ConfigError, f"override {key}")
     return key, value
 
 

@@ -4,7 +4,6 @@ and the test accuracy of a saved checkpoint."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..data import CIFAR10, Split, load_cifar10, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
 from .calibration import calibration_metrics
-from .checkpoint import load_model, temperature_of
+from .checkpoint import load_model, read_summary, temperature_of, weights_path
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
 from .tta import tta_view_logits
 
@@ -113,7 +112,8 @@ def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: i
 def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
                         precision: str | None = None, data: CIFAR10 | None = None,
                         model: nn.Module | None = None, budget: int = DEFAULT_BUDGET,
-                        allow_over_budget: bool = False, corruptions: int = 0, seed: int = 0) -> dict[str, Any]:
+                        allow_over_budget: bool = False, allow_unfinished: bool = False, corruptions: int = 0,
+                        seed: int = 0) -> dict[str, Any]:
     """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
     already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities). A checkpoint over
     ``budget`` parameters is refused unless ``allow_over_budget``. ``corruptions`` = N > 0 adds the corruption
@@ -124,6 +124,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
         raise ValueError(f"--images must be a positive number of test images, got {corruptions}")
     is_ensemble_model = model is not None
     if model is None:
+        path = weights_path(path, allow_unfinished)
         model, _ = load_model(path, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
     opts = eval_options(run_train_config(path)) | ({"precision": precision} if precision is not None else {})
@@ -148,7 +149,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
         test = data.test.subset(slice(0, corruptions)).to(dev)
         result["robustness"] = evaluate_corruptions(model, test, seed=seed, **opts)
     summary_path = Path(path) / "summary.json" if Path(path).is_dir() else Path(path).parent / "summary.json"
-    if summary_path.is_file() and json.loads(summary_path.read_text(encoding="utf-8")).get("plateau_watched_test"):
+    if summary_path.is_file() and read_summary(summary_path).get("plateau_watched_test"):
         result["notes"].append(STUDY_MODE_NOTE)
     return result
 

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import torch
 
-from .._io import write_text
+from .._io import read_jsonl, write_text
 
 COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
            "train_seconds", "images_per_s")
@@ -28,10 +28,7 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = []
         jsonl = self.run_dir / "metrics.jsonl"
         if keep_until_epoch and jsonl.is_file():
-            for line in jsonl.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                if row["epoch"] <= keep_until_epoch:
-                    self.rows.append(row)
+            self.rows = [row for row in read_jsonl(jsonl) if row["epoch"] <= keep_until_epoch]
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append({k: row.get(k) for k in COLUMNS})

@@ -30,7 +30,16 @@ from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
 from .calibration import calibration_metrics, fit_temperature
-from .checkpoint import CheckpointError, load_state, model_from_weights, read_weights, save_state, save_weights
+from .checkpoint import (
+    CheckpointError,
+    load_state,
+    model_from_weights,
+    read_summary,
+    read_weights,
+    save_state,
+    save_weights,
+    weights_path,
+)
 from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
 from .evaluate import eval_options, evaluate, model_logits, select_device
 from .fit import TrainingState, fit, images_kept
@@ -133,14 +142,7 @@ def hold_run_folder(out_dir: Path, resume: bool) -> Iterator[None]:
         raise RunFolderError(f"{out_dir}: cannot create the run folder ({e.strerror or e})") from None
     if not out_dir.is_dir():
         raise RunFolderError(f"{out_dir} is not a folder")
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderError(f"{out_dir} is in use by another resbudget run; wait for it to end, or choose "
-                                     "another --out folder") from None
+    with lock_run_folder(out_dir, "or choose another --out folder"):
         try:
             with tempfile.TemporaryFile(dir=out_dir):
                 pass
@@ -157,6 +159,22 @@ def hold_run_folder(out_dir: Path, resume: bool) -> Iterator[None]:
             if created and not any(out_dir.iterdir()):
                 out_dir.rmdir()
             raise
+
+
+@contextlib.contextmanager
+def lock_run_folder(out_dir: Path, advice: str = "") -> Iterator[None]:
+    """Hold the exclusive lock of a run folder (``flock`` on the folder, which the kernel releases when the process
+    ends, however it ends): every command that writes into a run folder holds it, so none writes while a run trains
+    there or another command writes. Taken without waiting: a folder in use is refused."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(f"{out_dir} is in use by another resbudget run or command; wait for it to end"
+                                     + (f", {advice}" if advice else "")) from None
+        yield
     finally:
         os.close(fd)  # releases the lock
 
@@ -286,7 +304,7 @@ def train_run(
         state_path = out_dir / "state.safetensors"
         if resume and not state_path.is_file() and (out_dir / "summary.json").is_file():
             show.message(f"{out_dir} is already finished ({config.train.epochs} epochs); nothing to resume")
-            return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+            return read_summary(out_dir / "summary.json")
         saved = load_state(state_path) if resume and state_path.is_file() else None
         run = prepare_run(config, data if data is not None else data_dir, device, use_test)
         return _train_in_folder(config, out_dir, run, saved, show, on_epoch_end, wall_start, params)
@@ -405,28 +423,33 @@ def fit_and_report(model: ResNet, val: Split, precision: str) -> dict[str, Any]:
 
 
 def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                  data: CIFAR10 | None = None, device: str = "auto") -> dict[str, Any]:
+                  data: CIFAR10 | None = None, device: str = "auto", allow_unfinished: bool = False) -> dict[str, Any]:
     """Fit the temperature of a finished run on its own validation split (``data.val_size`` images carved from the
     training set with ``data.val_seed``, as :func:`prepare_splits` carved them) and store it in its
     ``model.safetensors`` and ``summary.json``. A run that trained on every training image has no held-out images:
-    refused, rather than calibrated on the test set."""
+    refused, rather than calibrated on the test set. The run folder's lock is held throughout (a run still training
+    there, or another command writing, is refused); an unfinished run is refused unless ``allow_unfinished``. Every
+    file is read and checked before either is written."""
     run_dir = Path(run_dir)
-    config = config_from_dict(read_toml(run_dir / "config.toml", CheckpointError), stored=True)
-    if not config.data.val_size:
-        raise CheckpointError(f"{run_dir}: this run trained on every training image, so no held-out images are left "
-                              "to fit a temperature on (the test set is never used); train with data.val_size=N "
-                              "(e.g. 2000) to calibrate")
-    weights = run_dir / "model.safetensors"
-    spec, tensors, metadata = read_weights(weights)
-    model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
-    data = data if data is not None else load_cifar10(data_dir)
-    _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
-    dev = select_device(device)
-    result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train.precision)
-    extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
-    save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        write_text(summary_path, json.dumps({**summary, "calibration": result}, indent=2) + "\n")
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a run folder")
+    with lock_run_folder(run_dir):
+        weights = weights_path(run_dir, allow_unfinished)
+        config = config_from_dict(read_toml(run_dir / "config.toml", CheckpointError), stored=True)
+        if not config.data.val_size:
+            raise CheckpointError(f"{run_dir}: this run trained on every training image, so no held-out images are "
+                                  "left to fit a temperature on (the test set is never used); train with "
+                                  "data.val_size=N (e.g. 2000) to calibrate")
+        summary_path = run_dir / "summary.json"
+        summary = read_summary(summary_path) if summary_path.exists() else None
+        spec, tensors, metadata = read_weights(weights)
+        model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
+        data = data if data is not None else load_cifar10(data_dir)
+        _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
+        dev = select_device(device)
+        result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train.precision)
+        extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
+        save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
+        if summary is not None:
+            write_text(summary_path, json.dumps({**summary, "calibration": result}, indent=2) + "\n")
     return result
