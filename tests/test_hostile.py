@@ -242,7 +242,7 @@ def test_a_batch_file_that_is_a_folder_or_a_link_loop_is_called_so(tmp_path, sma
     loop = root / "cifar-10-batches-bin" / "loop"
     loop.symlink_to(batch)
     batch.symlink_to(loop)
-    with pytest.raises(DataError, match="data_batch_2.bin: cannot be read"):
+    with pytest.raises(DataError, match="data_batch_2.bin is a loop of symbolic links"):
         load_cifar10(root, **limits)
 
 
@@ -259,3 +259,254 @@ def test_the_cli_module_runs(tmp_path):
     done = subprocess.run([sys.executable, "-m", "resbudget", "eval", str(tmp_path / "nothing")], cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no such checkpoint" in done.stderr
+
+
+# --- nothing read without a bound ------------------------------------------------------------------------------------
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "p.png"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_base_that_is_a_device_is_refused_without_reading_it(tmp_path, capsys):
+    (tmp_path / "z.toml").write_text('base = "/dev/zero"\n')
+    one_line_error(capsys, "train", str(tmp_path / "z.toml"), match="/dev/zero is a character device, not a TOML file")
+
+
+def test_fifos_as_config_base_spec_or_image_are_refused_without_waiting(tmp_path, fifo, capsys):
+    fifo_toml = tmp_path / "f.toml"
+    os.mkfifo(fifo_toml)
+    one_line_error(capsys, "train", str(fifo_toml), match="f.toml is a FIFO (named pipe), not a TOML file")
+    (tmp_path / "c.toml").write_text('base = "f.toml"\n')
+    one_line_error(capsys, "train", str(tmp_path / "c.toml"), match="f.toml is a FIFO (named pipe), not a TOML file")
+    one_line_error(capsys, "arch", str(fifo_toml), match="is a FIFO")
+    model = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(TINY).state_dict().items()}, str(model),
+              metadata={"format": "resbudget-weights-v1", "spec": json.dumps(TINY.to_dict())})
+    one_line_error(capsys, "predict", str(model), str(fifo), match="p.png is a FIFO (named pipe), not an image file")
+    os.mkfifo(tmp_path / "w.safetensors")
+    one_line_error(capsys, "predict", str(tmp_path / "w.safetensors"), str(fifo), match="is a FIFO")
+
+
+def test_a_config_over_its_size_bound_or_nested_too_deep_is_refused(tmp_path, capsys):
+    (tmp_path / "big.toml").write_text("# " + "x" * (2 << 20) + "\n")
+    one_line_error(capsys, "train", str(tmp_path / "big.toml"), match="over the 1.0 MiB a TOML file may be")
+    (tmp_path / "deep.toml").write_text("v = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    one_line_error(capsys, "train", str(tmp_path / "deep.toml"), match="nests lists or tables more than 32 deep")
+    (tmp_path / "tables.toml").write_text("[" + ".".join(["a"] * 5_000) + "]\n")
+    one_line_error(capsys, "train", str(tmp_path / "tables.toml"), match="nests lists or tables more than 32 deep")
+    one_line_error(capsys, "train", "--set", "optim.betas=" + "[" * 5_000 + "]" * 5_000, match="more than 32 deep")
+
+
+def test_a_base_that_is_a_loop_of_links_is_refused(tmp_path, capsys):
+    os.symlink(tmp_path / "loop-a.toml", tmp_path / "loop-b.toml")
+    os.symlink(tmp_path / "loop-b.toml", tmp_path / "loop-a.toml")
+    (tmp_path / "c.toml").write_text('base = "loop-a.toml"\n')
+    one_line_error(capsys, "train", str(tmp_path / "c.toml"), match="loop-a.toml is a loop of symbolic links")
+
+
+def test_json_nested_deep_in_a_spec_or_an_ensemble_manifest_is_one_line(tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(TINY).state_dict().items()}, str(path),
+              metadata={"format": "resbudget-weights-v1", "spec": deep})
+    one_line_error(capsys, "eval", str(path), match="over 65,536 characters")
+    path = tmp_path / "x.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(TINY).state_dict().items()}, str(path),
+              metadata={"format": "resbudget-weights-v1", "spec": "[" * 1000 + "]" * 1000})
+    one_line_error(capsys, "eval", str(path), match="nests lists or tables more than 32 deep")
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    (folder / "ensemble.json").write_text(deep)
+    one_line_error(capsys, "eval", str(folder), match="nests lists or tables more than 32 deep")
+
+
+# --- images ----------------------------------------------------------------------------------------------------------
+def _png_header_only(path, width, height):
+    """A small PNG file whose header declares width x height RGBA (its pixel data is short): a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_too_large_is_refused_from_its_header_fast_and_small(tmp_path):
+    import resource
+
+    from resbudget.deploy.predict import ImageError, load_image
+
+    path = _png_header_only(tmp_path / "bomb.png", 13_000, 13_000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match="13000x13000 is 169 megapixels, over the 50 read here"):
+        load_image(path)
+    assert time.perf_counter() - start < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: nothing was decoded
+
+
+def test_16_bit_and_float_greyscale_are_scaled_and_exif_orientation_is_applied(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from resbudget.deploy.predict import ImageError, load_image
+
+    grey8 = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))  # a 32x32 ramp
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(grey8.astype(np.float32) / 255).save(tmp_path / "f.tiff")
+    for name in ("g16.png", "f.tiff"):
+        array, resized = load_image(tmp_path / name)
+        assert not resized and np.array_equal(array, np.stack([grey8] * 3)), name
+    Image.fromarray(grey8.astype(np.float32)).save(tmp_path / "f255.tiff")  # not 0-1: refused, not read as white
+    with pytest.raises(ImageError, match="must hold values in 0-1, this one holds 0 to 248"):
+        load_image(tmp_path / "f255.tiff")
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    upright = Image.fromarray(rgb)
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": the stored pixels are the upright image turned back
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.png", exif=exif)
+    assert np.array_equal(load_image(tmp_path / "rotated.png")[0], load_image(tmp_path / "upright.png")[0])
+
+
+def test_an_empty_folder_given_to_predict_is_an_error(tmp_path, capsys):
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(TINY).state_dict().items()}, str(path),
+              metadata={"format": "resbudget-weights-v1", "spec": json.dumps(TINY.to_dict())})
+    (tmp_path / "empty").mkdir()
+    one_line_error(capsys, "predict", str(path), str(tmp_path / "empty"), match="no image files in")
+
+
+# --- numbers read from outside are range-checked ---------------------------------------------------------------------
+def _tiny_weights(path, tensors=None, **metadata):
+    tensors = tensors if tensors is not None else {k: v.contiguous() for k, v in build_model(TINY).state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "resbudget-weights-v1", "spec": json.dumps(TINY.to_dict()),
+                                            **metadata})
+    return path
+
+
+@pytest.mark.parametrize("temperature", ["1e30", "1e-300", "0", "-1", "nan", "inf"])
+def test_a_temperature_outside_its_range_is_refused_by_predict_eval_and_export(tmp_path, capsys, temperature):
+    path = _tiny_weights(tmp_path / "t.safetensors", temperature=temperature)
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "cat.png")
+    for argv in (["predict", str(path), str(tmp_path / "cat.png")], ["eval", str(path)],
+                 ["export", str(path), "--out", str(tmp_path / "t.onnx")]):
+        one_line_error(capsys, *argv, match="temperature")
+    assert not (tmp_path / "t.onnx").exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda t: t.__setitem__("head.0.weight", torch.full_like(t["head.0.weight"], float("nan"))),
+     "tensor head.0.weight holds NaN or infinite values"),
+    (lambda t: t.__setitem__("head.0.weight", t["head.0.weight"].to(torch.int64)),
+     "tensor head.0.weight is int64, the net needs float32"),
+    (lambda t: t.__setitem__("head.0.weight", t["head.0.weight"].to(torch.uint8)), "is uint8, the net needs float32"),
+])
+def test_weights_that_are_not_finite_floats_are_refused(tmp_path, capsys, change, match):
+    tensors = {k: v.contiguous() for k, v in build_model(TINY).state_dict().items()}
+    change(tensors)
+    path = _tiny_weights(tmp_path / "w.safetensors", tensors)
+    one_line_error(capsys, "eval", str(path), match=match)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.epochs=100000000000000000000", "train.epochs must be between 1 and 10,000"),
+    ("data.cutout=100000", "data.cutout must be between 0 and 32"),
+    ("data.crop_padding=1000000", "data.crop_padding must be between 0 and 16"),
+    ("schedule.warmup_epochs=-1", "schedule.warmup_epochs must be between 0 and 10,000"),
+    ("train.seed=18446744073709551616", "train.seed must be between 0 and 4,294,967,295"),
+    ("data.val_seed=-1", "data.val_seed must be between 0"),
+])
+def test_out_of_range_config_values_are_refused_before_the_data_loads(tmp_path, capsys, override, match):
+    # no data folder exists: the error must come first
+    one_line_error(capsys, "train", "--set", override, "--data-dir", str(tmp_path / "none"), "--out",
+                   str(tmp_path / "run"), match=match)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["eval", "x", "--corruptions", "--images", "0"], "argument --images: must be between 1 and 10,000, got 0"),
+    (["eval", "x", "--seed", str(2**64)], "argument --seed: must be between 0 and 4,294,967,295"),
+    (["ensemble", "train", "shallow", "--members", "2", "--seeds", "1", str(2**64)], "argument --seeds"),
+    (["study", "paper", "--heartbeat", "-1"], "argument --heartbeat: must be between 1 and 3,600"),
+    (["predict", "x", "y", "--budget", "0"], "argument --budget: must be between 1 and 200,000,000"),
+])
+def test_out_of_range_arguments_are_one_line(capsys, argv, match):
+    one_line_error(capsys, *argv, match=match)
+
+
+def test_export_refuses_an_opset_it_cannot_write_and_never_replaces_a_file(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from resbudget._io import publish_new
+    from resbudget.train import CheckpointError
+
+    path = _tiny_weights(tmp_path / "m.safetensors")
+    one_line_error(capsys, "export", str(path), "--opset", "13", match="--opset 13 is not supported: the exporter "
+                   "writes ONNX opsets 18 to")
+    assert not (tmp_path / "m.onnx").exists()
+    (tmp_path / "m.onnx").write_text("mine")
+    one_line_error(capsys, "export", str(path), match="m.onnx exists; it is not overwritten")
+    assert (tmp_path / "m.onnx").read_text() == "mine"
+    # another export that finished first: the name it took is kept, this one is not moved over it
+    (tmp_path / "tmp").write_text("late")
+    with pytest.raises(CheckpointError, match="appeared while this one was being written"):
+        publish_new(tmp_path / "tmp", tmp_path / "m.onnx", CheckpointError)
+    assert (tmp_path / "m.onnx").read_text() == "mine"
+    publish_new(tmp_path / "tmp", tmp_path / "new.onnx")
+    assert (tmp_path / "new.onnx").read_text() == "late" and not (tmp_path / "tmp").exists()
+
+
+# --- writes into a run folder hold its lock; unfinished runs are said to be ------------------------------------------
+@pytest.fixture
+def finished_run(tmp_path, synthetic_dir):
+    from resbudget.train import train_run
+
+    from .conftest import tiny_config
+
+    train_run(tiny_config("data.val_size=100", "train.epochs=1"), tmp_path / "run", data_dir=synthetic_dir,
+              progress=False)
+    return tmp_path / "run"
+
+
+def test_calibrate_holds_the_run_lock_and_refuses_unfinished_runs(finished_run, synthetic_dir, capsys):
+    from resbudget.train.run import lock_run_folder
+
+    weights = (finished_run / "model.safetensors").read_bytes()
+    with lock_run_folder(finished_run):  # a run training there, or another command writing
+        one_line_error(capsys, "calibrate", str(finished_run), "--data-dir", str(synthetic_dir),
+                       match="is in use by another resbudget run or command")
+    summary = (finished_run / "summary.json").read_text()
+    (finished_run / "summary.json").write_text("[1, 2]")
+    one_line_error(capsys, "calibrate", str(finished_run), "--data-dir", str(synthetic_dir),
+                   match="summary.json: not a resbudget run summary")
+    assert (finished_run / "model.safetensors").read_bytes() == weights  # checked before anything was written
+    (finished_run / "summary.json").unlink()
+    for argv in (["calibrate", str(finished_run), "--data-dir", str(synthetic_dir)], ["eval", str(finished_run)],
+                 ["export", str(finished_run)], ["predict", str(finished_run), str(finished_run)]):
+        one_line_error(capsys, *argv, match="the run has not finished (no summary.json)")
+    assert main(["calibrate", str(finished_run), "--data-dir", str(synthetic_dir), "--allow-unfinished"]) == 0
+    (finished_run / "summary.json").write_text(summary)
+
+
+# --- search ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("params, match", [
+    ('"optim.momentum" = "fast"', "optim.momentum: expected a number, got 'fast'"),
+    ('"train.epochs" = {low = 1.5, high = 4.0}', "train.epochs takes whole numbers"),
+    ('"train.epochs" = {low = -3, high = 4}', "train.epochs must be between 1 and 10,000, got -3"),
+    ('"train.epochs" = {low = 3, high = 1000000000}', "got 1,000,000,000"),
+    ('"model.block" = {low = 1, high = 3}', "a range needs a number key"),
+    ('"model.stage_widths" = {choices = ["wide", 64]}', "expected an integer, got 'wide'"),
+])
+def test_a_space_file_is_type_checked_before_any_data_is_read(tmp_path, capsys, params, match):
+    pytest.importorskip("optuna")
+    (tmp_path / "space.toml").write_text(f"[params]\n{params}\n")
+    start = time.perf_counter()
+    one_line_error(capsys, "search", "s", "--space", str(tmp_path / "space.toml"), "--data-dir",
+                   str(tmp_path / "none"), "--out", str(tmp_path / "search"), match=match)
+    assert time.perf_counter() - start < 5

@@ -156,3 +156,88 @@ def test_random_ensemble_manifests_raise_only_our_one_line_errors(ensemble_folde
     else:
         event("loaded")
         assert ens(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+# --- image files given to predict ------------------------------------------------------------------------------------
+MODES = ["1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "I", "I;16", "F", "LAB", "HSV", "RGBX", "La"]
+FORMATS = {"PNG": ".png", "TIFF": ".tiff", "JPEG": ".jpg", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
+
+
+@st.composite
+def _image_files(draw):
+    """(bytes of a file, its suffix): an image of a random mode, size and format, possibly cut short or bit-flipped,
+    or random bytes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=200)), draw(st.sampled_from(list(FORMATS.values())))
+    mode, fmt = draw(st.sampled_from(MODES)), draw(st.sampled_from(list(FORMATS)))
+    w, h = draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    image = Image.frombytes(mode, (w, h), rng.bytes(len(Image.new(mode, (w, h)).tobytes())))
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=fmt)
+    except (OSError, ValueError, KeyError):  # a mode this format cannot hold
+        return rng.bytes(draw(st.integers(0, 300))), FORMATS[fmt]
+    data = bytearray(buffer.getvalue())
+    damage = draw(st.sampled_from(["none", "none", "cut", "flip"]))
+    if damage == "cut":
+        data = data[:draw(st.integers(0, len(data)))]
+    elif damage == "flip" and data:
+        i = draw(st.integers(0, len(data) - 1))
+        data[i] ^= 1 << draw(st.integers(0, 7))
+    return bytes(data), FORMATS[fmt]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(image=_image_files())
+def test_random_image_files_give_an_rgb_image_or_one_line_error(tmp_path_factory, image):
+    from resbudget.deploy.predict import ImageError, load_image
+
+    data, suffix = image
+    path = tmp_path_factory.mktemp("img") / f"x{suffix}"
+    path.write_bytes(data)
+    try:
+        array, _ = load_image(path)
+    except ImageError as e:
+        event("refused")
+        assert one_line(e), e
+    else:
+        event("read")
+        assert array.shape == (3, 32, 32) and str(array.dtype) == "uint8"
+
+
+# --- search space files ----------------------------------------------------------------------------------------------
+SPACE_KEYS = ["model.stages", "model.stage_widths", "model.stem_width", "model.block", "train.epochs", "optim.lr",
+              "optim.momentum", "train.drop_easy", "train.tta", "train.batch_size", "schedule.warmup_epochs"]
+ranges = st.fixed_dictionaries({"low": numbers, "high": numbers},
+                               optional={"log": st.one_of(st.booleans(), scalars), "step": numbers})
+choices = st.fixed_dictionaries({"choices": st.one_of(st.lists(scalars, max_size=4), json_values)})
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(params=st.dictionaries(st.one_of(st.sampled_from(SPACE_KEYS), st.text(max_size=10)),
+                              st.one_of(ranges, choices, json_values), max_size=4))
+def test_random_space_files_raise_only_our_one_line_errors(tmp_path_factory, params):
+    pytest.importorskip("optuna")
+    import tomli_w
+
+    from resbudget.search import SpaceError, load_space
+
+    try:
+        text = tomli_w.dumps({"params": params})
+    except (TypeError, ValueError):  # None and NaN have no TOML spelling
+        return
+    path = tmp_path_factory.mktemp("space") / "space.toml"
+    path.write_text(text)
+    try:
+        load_space(path)
+    except (SpaceError, *OUR_ERRORS) as e:
+        event(type(e).__name__)
+        assert one_line(e), e
+    else:
+        event("loaded")

@@ -24,6 +24,7 @@ from resbudget.search import (
     search_report,
     trial_config,
 )
+from resbudget.search.engine import default_storage, trained
 from resbudget.search.space import check_trial, parse_param
 from resbudget.train import load_config
 
@@ -293,6 +294,24 @@ def test_confirm_retrains_on_every_image_and_reports_test_accuracy(tmp_path, tin
     assert json.loads((tmp_path / "confirm" / "confirm.json").read_text())[0]["label"] == r["label"]
 
 
+def test_two_workers_on_one_sqlite_file_give_exactly_the_trials_asked_for(tmp_path, synthetic_dir):
+    import subprocess
+
+    from tests.conftest import cli_in_child
+
+    space = tmp_path / "space.toml"
+    space.write_text(TINY_SPACE)
+    argv = ["search", "lite", "--trials", "4", "--space", str(space), "--val-size", "100", "--out",
+            str(tmp_path / "s"), "--data-dir", str(synthetic_dir)]
+    workers = [subprocess.Popen(cli_in_child(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    trials = optuna.load_study(study_name="lite", storage=default_storage(tmp_path / "s")).get_trials(deepcopy=False)
+    assert sum(trained(t) for t in trials) == 4, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert not any(t.state.name == "RUNNING" for t in trials)
+
+
 # --- workers sharing one PostgreSQL server ----------------------------------------------------------------------------
 def test_workers_share_a_postgresql_search_and_a_killed_workers_trial_is_retried(tmp_path, synthetic_dir,
                                                                                  postgres_url):
@@ -334,7 +353,7 @@ def test_workers_share_a_postgresql_search_and_a_killed_workers_trial_is_retried
     assert [t.number for t in trials] == list(range(len(trials)))
     # nothing left running: the survivor waited out the dead worker's heartbeat grace, even after its own last trial
     assert all(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") and "rejected" not in t.user_attrs for t in trials) >= 10
+    assert sum(trained(t) for t in trials) == 10  # exactly the number asked for, over both workers
     assert trials[killed].state.name == "FAIL"  # failed by the other worker, from its silent heartbeat
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retries) == 1 and retries[0].params == trials[killed].params

@@ -33,7 +33,7 @@ def _number_in(low: float, high: float, kind: type = int):  # noqa: ANN202 - an 
             raise argparse.ArgumentTypeError(f"expected {'a whole' if kind is int else 'a'} number, got {text!r}") \
                 from None
         if not low <= value <= high:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be between {low:,g} and {high:,g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, got {text}")
         return value
     return parse
 
@@ -153,12 +153,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.model, budget=args.budget, allow_over_budget=args.allow_over_budget,
                                allow_unfinished=args.allow_unfinished)
-    results, said_resized, failed = [], False, 0
+    results, said_resized, failed, predicted = [], False, 0, 0
     for r in predict_files(predictor, args.images, top_k=args.top_k):
         if "error" in r:
             failed += 1
             print(f"resbudget predict: error: {r['error']}", file=sys.stderr)
-        elif args.json:
+            continue
+        predicted += 1
+        if args.json:
             results.append(r)
         else:
             if r["resized"] and not said_resized:
@@ -168,7 +170,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{r['file']}: {top}")
     if args.json:
         print(json.dumps({"method": IMAGE_METHOD, "predictions": results, "errors": failed}, indent=2))
-    return 1 if failed else 0
+    return 0 if not failed else 1 if predicted else 2  # 1: some images predicted, 2: none
 
 
 def cmd_export(args: argparse.Namespace) -> int:

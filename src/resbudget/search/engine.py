@@ -32,7 +32,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .._defaults import HEARTBEAT_SECONDS
 from ..data import CIFAR10, load_cifar10
@@ -106,8 +106,9 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS) -> RDBStorage:
                                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                           max_retry=MAX_RETRIES),
                                       engine_kwargs={"pool_pre_ping": True})
-            except IntegrityError:  # workers started together on a new database both create its tables: one wins
-                if attempt == 4:
+            except (IntegrityError, OperationalError) as e:
+                # workers started together on a new database both create its tables: one wins, the other retries
+                if attempt == 4 or (isinstance(e, OperationalError) and "already exists" not in str(e)):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except (SQLAlchemyError, ImportError, ValueError) as e:  # a bad URL, a missing driver, a server not there

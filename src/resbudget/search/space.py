@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import read_toml
-from .._types import coerce, type_name
+from .._types import coerce, key_text, type_name
 from ..models import (
     BudgetError,
     ModelSpec,
@@ -113,7 +113,7 @@ class Param:
 
 
 def parse_param(key: str, value: Any) -> Param:
-    where = f"search space: {key}"
+    where = f"search space: {key_text(key)}"
     if not isinstance(value, dict):
         return Param(key, fixed=value)
     unknown = sorted(set(value) - {"choices", "low", "high", "log", "step"})
@@ -240,7 +240,7 @@ def _check_types(p: Param, base: Config, per_stage: bool) -> None:
     """Every value ``p`` can give (fixed, each choice, both ends of a range) checked against its config key's type
     and range (:data:`LIMITS`), so that a space that could only draw invalid configs fails when it loads, before any
     data is read."""
-    where = f"search space: {p.key}"
+    where = f"search space: {key_text(p.key)}"
     if p.key == STAGES:
         hint: Any = int
     else:

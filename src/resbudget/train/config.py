@@ -290,13 +290,20 @@ def named_recipes() -> list[str]:
     return ["default", *sorted(p.stem for p in BASES_DIR.glob("*.toml"))]
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # Python 3.11-3.12 raise RuntimeError on a loop, later ones OSError
+        raise ConfigError(f"{path} is a loop of symbolic links, not a TOML file") from None
+
+
 def _base_path(base: str, where: Path | None) -> Path:
     if base.endswith(".toml") or "/" in base or "\\" in base:
         path = Path(base).expanduser()
         path = path if path.is_absolute() or where is None else where.parent / path
         if not path.exists() and (new := renamed_file(str(path))) is not None:
-            return _base_path(new, None) if not new.endswith(".toml") else Path(new).resolve()
-        return path.resolve()
+            return _base_path(new, None) if not new.endswith(".toml") else _resolved(Path(new))
+        return _resolved(path)
     path = BASES_DIR / f"{RENAMED_RECIPES.get(base, base)}.toml"
     if path == DEFAULTS:
         return path
@@ -399,7 +406,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None,
         resolved = _resolve(source if isinstance(source, dict) else {}, None)
     elif Path(source).suffix == ".toml" or Path(source).is_file():
         path = Path(source)
-        resolved = _resolve(read_toml(path, ConfigError), path.resolve(), (path.resolve(),))
+        resolved = _resolve(read_toml(path, ConfigError), _resolved(path), (_resolved(path),))
     elif (BASES_DIR / f"{source}.toml").is_file():
         resolved = _resolve({"base": str(source)}, None)
     else:
