@@ -98,6 +98,8 @@ def regular_file(path: str | os.PathLike, error: type[Exception] = ValueError, l
         st = os.stat(path)
     except FileNotFoundError:
         raise error(f"{path} does not exist") from None
+    except ValueError:  # a NUL byte in the name
+        raise error(f"{str(path)!r} is not a valid file name") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise error(f"{path} is a loop of symbolic links, not {what}") from None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 def key_text(key: Any) -> str:
     """A key as an error message shows it: as written where it is a plain name, else quoted (so a key holding a
     line break or an odd character cannot break the one-line message)."""
-    return key if isinstance(key, str) and key.replace("-", "_").isidentifier() else repr(key)
+    return key if isinstance(key, str) and key.replace("-", "_").replace(".", "_").isidentifier() else repr(key)
 
 
 def type_name(hint: Any) -> str:

@@ -293,6 +293,8 @@ def named_recipes() -> list[str]:
 def _resolved(path: Path) -> Path:
     try:
         return path.resolve()
+    except ValueError:  # a NUL byte in the name
+        raise ConfigError(f"{str(path)!r} is not a valid file name") from None
     except (RuntimeError, OSError):  # Python 3.11-3.12 raise RuntimeError on a loop, later ones OSError
         raise ConfigError(f"{path} is a loop of symbolic links, not a TOML file") from None
 
