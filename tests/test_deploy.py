@@ -13,6 +13,7 @@ from resbudget.data.corruptions import CORRUPTIONS, corrupt
 from resbudget.models import build_model
 from resbudget.train import CheckpointError, calibrate_run, load_model, save_weights, temperature_of, train_run
 from resbudget.train.calibration import calibration_metrics, fit_temperature
+from resbudget.train.tta import tta_view_logits
 
 from .conftest import TINY, tiny_config
 
@@ -112,8 +113,10 @@ def test_predict_agrees_with_the_model_and_skips_broken_files(tmp_path, checkpoi
     predictions = json.loads(out)["predictions"]
     assert [p["file"] for p in predictions] == [str(folder / f"{i:02d}.png") for i in range(20)]
     model, _ = load_model(checkpoint)
-    with torch.no_grad():
-        probs = (model(normalize(images)) / 2.0).softmax(-1)  # the stored temperature is applied
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # scored as the default recipe scores
+        logits = tta_view_logits(model, normalize(images).contiguous(memory_format=torch.channels_last),
+                                 "flip-shift4").float().mean(0)
+    probs = (logits / 2.0).softmax(-1)  # the mean over the 4 views, then the stored temperature
     for p, row in zip(predictions, probs):
         assert p["top"][0]["class"] == CLASSES[int(row.argmax())] and not p["resized"]
         assert p["top"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-5)

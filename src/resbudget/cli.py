@@ -133,11 +133,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"loss {result['test_loss']:.4f}  ({result['params']:,} params, {result['images']:,} images)")
     for note in result["notes"]:
         print(f"note: {note}")
+    if result.get("test_accuracy_tta") is not None:
+        print(f"with {result['tta']} TTA ({result['views']} views): {100 * result['test_accuracy_tta']:.2f}%")
     if "calibration" in result:
         c = result["calibration"]
-        print(f"test NLL {c['test_nll']:.4f}, ECE (15 bins) {c['test_ece']:.4f}"
+        print(f"probabilities over {c['views']} view(s): test NLL {c['test_nll']:.4f}, ECE (15 bins) "
+              f"{c['test_ece']:.4f}"
               + (f"; with its temperature {c['temperature']:.4f}: NLL {c['test_nll_calibrated']:.4f}, ECE "
                  f"{c['test_ece_calibrated']:.4f}" if c["temperature"] != 1.0 else " (no temperature fitted)"))
+        print("accuracy on the most confident " + ", ".join(f"{100 * float(k):.0f}%: {100 * v:.2f}%" for k, v in
+                                                            c["accuracy_at_coverage"].items()))
+        if args.figure:
+            from .report import plot_reliability
+
+            print(f"reliability diagram written to {plot_reliability(c, args.figure, f'{args.checkpoint}')}")
     if "robustness" in result:
         r = result["robustness"]
         print(f"\ncorruptions of the first {r['images']:,} test images (seed {r['seed']}); clean "
@@ -152,9 +161,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy import IMAGE_METHOD, load_predictor, predict_files
 
     predictor = load_predictor(args.model, budget=args.budget, allow_over_budget=args.allow_over_budget,
-                               allow_unfinished=args.allow_unfinished)
+                               allow_unfinished=args.allow_unfinished, views=args.views)
     results, said_resized, failed, predicted = [], False, 0, 0
-    for r in predict_files(predictor, args.images, top_k=args.top_k):
+    for r in predict_files(predictor, args.images, top_k=args.top_k, min_confidence=args.min_confidence):
         if "error" in r:
             failed += 1
             print(f"resbudget predict: error: {r['error']}", file=sys.stderr)
@@ -167,9 +176,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"note: images not 32x32 are read as {IMAGE_METHOD}", file=sys.stderr)
                 said_resized = True
             top = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
-            print(f"{r['file']}: {top}")
+            print(f"{r['file']}: {top}" + ("  (unsure)" if r["unsure"] else ""))
     if args.json:
-        print(json.dumps({"method": IMAGE_METHOD, "predictions": results, "errors": failed}, indent=2))
+        print(json.dumps({"method": IMAGE_METHOD, "tta": predictor.tta, "temperature": predictor.temperature,
+                          "predictions": results, "errors": failed}, indent=2))
     return 0 if not failed else 1 if predicted else 2  # 1: some images predicted, 2: none
 
 
@@ -489,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="RUN_DIR|CHECKPOINT|ENSEMBLE_DIR")
     s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     s.add_argument("--top-k", type=int, default=1, metavar="K", help="the K most probable classes (default 1)")
+    s.add_argument("--views", type=int, choices=(1, 2, 4, 6), help="TTA views to average (default: the run's own, "
+                   "so the probabilities are those eval and the run's summary score; 1: the image alone)")
+    s.add_argument("--min-confidence", type=_number_in(0, 1, float), default=0.0, metavar="P",
+                   help="mark as unsure each image whose top probability is below P (eval shows the accuracy at "
+                   "each coverage)")
     s.add_argument("--json", action="store_true")
     _add_budget_flags(s, "a net above it is refused")
     _add_unfinished_flag(s)
@@ -518,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=_number_in(1, 10_000), default=2000, metavar="N",
                    help="with --corruptions: the first N test images (default 2,000)")
     s.add_argument("--seed", type=SEED, default=0, help="with --corruptions: the seed of the random corruptions")
+    s.add_argument("--figure", type=Path, metavar="FILE.png", help="write the reliability diagram (confidence "
+                   "against accuracy per bin) to this PNG")
     _add_eval_flags(s, "a checkpoint (or an ensemble's members together) above it is refused", cmd_eval)
     _add_unfinished_flag(s)
     return p

@@ -15,7 +15,9 @@ from .._io import MAX_BYTES, regular_file
 from ..data import CLASSES, normalize
 from ..ensemble import is_ensemble, load_ensemble
 from ..models import DEFAULT_BUDGET
-from ..train import load_model, temperature_of, weights_path
+from ..train import autocast, load_model, temperature_of, weights_path
+from ..train.evaluate import run_train_config
+from ..train.tta import VIEWS, tta_view_logits
 
 IMAGE_METHOD = ("turned upright as its EXIF orientation says, the central square crop, resized to 32x32 with Pillow's "
                 "Lanczos filter (antialiased); transparency composited onto white, greyscale and palette images "
@@ -91,28 +93,40 @@ def load_image(path: str | os.PathLike, size: int = 32) -> tuple[np.ndarray, boo
 
 @dataclass
 class Predictor:
-    """A loaded net: probabilities are softmax(logits / temperature) (an ensemble: the mean of its members')."""
+    """A loaded net, scored as ``eval`` and the run's summary score it: the mean logits over the ``tta`` views, in
+    ``precision``, divided by the temperature, then softmax (an ensemble: the mean of its members' probabilities)."""
 
     model: nn.Module
     temperature: float
     ensemble: bool
+    tta: str = "none"
+    precision: str = "fp32"
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images).contiguous(memory_format=torch.channels_last)
-        out = self.model(x)
+        with autocast(x.device, self.precision):
+            out = tta_view_logits(self.model, x, self.tta).float().mean(0)
         return out.exp() if self.ensemble else (out / self.temperature).softmax(-1)
 
 
 def load_predictor(source: str | os.PathLike, *, budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False,
-                   allow_unfinished: bool = False) -> Predictor:
+                   allow_unfinished: bool = False, views: int | None = None) -> Predictor:
     """A finished run folder (or an unfinished one, with ``allow_unfinished``), a checkpoint or an ensemble folder,
-    ready to predict on the CPU."""
+    ready to predict on the CPU: with its run's TTA views and precision (a checkpoint outside a run folder: the
+    default recipe's), or ``views`` (1, 2, 4 or 6) instead."""
+    if views is not None and views not in VIEWS.values():
+        raise ValueError(f"--views must be one of {', '.join(map(str, sorted(VIEWS.values())))}, got {views}")
     if is_ensemble(source):
+        if views not in (None, 1):
+            raise ValueError("an ensemble is scored on the image alone: --views 1")
         return Predictor(load_ensemble(source, budget=budget, allow_over_budget=allow_over_budget), 1.0, True)
     weights = weights_path(source, allow_unfinished)
     model, _ = load_model(weights, budget=budget, allow_over_budget=allow_over_budget)
-    return Predictor(model.to(memory_format=torch.channels_last), temperature_of(weights), False)
+    run = run_train_config(weights)
+    tta = run.tta if views is None else next(mode for mode, n in VIEWS.items() if n == views)
+    return Predictor(model.to(memory_format=torch.channels_last), temperature_of(weights), False, tta,
+                     run.precision)
 
 
 def image_files(paths: list[str | os.PathLike]) -> Iterator[Path]:
@@ -125,12 +139,14 @@ def image_files(paths: list[str | os.PathLike]) -> Iterator[Path]:
 
 
 def predict_files(predictor: Predictor, paths: list[str | os.PathLike], *, top_k: int = 1,
-                  batch_size: int = 256) -> Iterator[dict]:
-    """One result per file, in order: ``{"file", "top": [{"class", "probability"}...], "resized"}``, or
-    ``{"file", "error"}`` for a file that cannot be read (the others are still predicted). Files go through the net
-    in batches of ``batch_size``."""
+                  batch_size: int = 256, min_confidence: float = 0.0) -> Iterator[dict]:
+    """One result per file, in order: ``{"file", "top": [{"class", "probability"}...], "resized", "unsure"}``
+    (``unsure``: the top probability is below ``min_confidence``), or ``{"file", "error"}`` for a file that cannot be
+    read (the others are still predicted). Files go through the net in batches of ``batch_size``."""
     if not 1 <= top_k <= len(CLASSES):
         raise ValueError(f"--top-k must be 1 to {len(CLASSES)}, got {top_k}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"--min-confidence must be a probability in 0-1, got {min_confidence}")
     batch: list[tuple[Path, np.ndarray, bool]] = []
     seen = 0
 
@@ -139,7 +155,7 @@ def predict_files(predictor: Predictor, paths: list[str | os.PathLike], *, top_k
         values, indices = probs.topk(top_k, dim=-1)
         for (path, _, resized), v, i in zip(batch, values.tolist(), indices.tolist()):
             yield {"file": str(path), "top": [{"class": CLASSES[c], "probability": p} for p, c in zip(v, i)],
-                   "resized": resized}
+                   "resized": resized, "unsure": v[0] < min_confidence}
         batch.clear()
 
     for path in image_files(paths):

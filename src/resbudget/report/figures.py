@@ -139,6 +139,31 @@ def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, 
     return _save(fig, path)
 
 
+def plot_reliability(calibration: dict, path: Path, title: str = "") -> Path:
+    """The reliability diagram of ``eval``'s ``calibration`` result: per confidence bin, the accuracy against the
+    mean confidence (a calibrated net lies on the diagonal), bars sized by the share of images, the ECE in the
+    legend; with the temperature where one was fitted."""
+    bins = calibration["reliability"]
+    n = sum(b["count"] for b in bins) or 1
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="calibrated")
+    ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+           width=[(b["high"] - b["low"]) * 0.9 for b in bins], alpha=0.35, color="C0")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color="C0",
+            label=f"T = {calibration['temperature']:.3g}: ECE {calibration['test_ece_calibrated']:.3f}, "
+                  f"NLL {calibration['test_nll_calibrated']:.3f}")
+    for b in bins:
+        if b["count"] / n >= 0.02:
+            ax.annotate(f"{100 * b['count'] / n:.0f}%", (b["confidence"], b["accuracy"]), textcoords="offset points",
+                        xytext=(-6, 6), fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
+           title=title or "reliability (share of images per bin)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:  # noqa: ANN001
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

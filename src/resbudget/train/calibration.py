@@ -37,6 +37,35 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, temperature:
     return {"nll": float(nll), "ece": float(ece), "accuracy": float(correct.mean())}
 
 
+COVERAGES = (0.5, 0.8, 0.9)
+
+
+def reliability(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """The reliability diagram's data: for each of ``bins`` equal-width confidence bins that holds images, their
+    ``count``, mean ``confidence`` and ``accuracy`` (a calibrated net has the two equal in every bin)."""
+    confidence, predicted = (logits.double() / temperature).softmax(-1).max(-1)
+    correct = (predicted == labels).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=logits.device)
+    out = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            out.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
+                        "confidence": float(confidence[inside].mean()), "accuracy": float(correct[inside].mean())})
+    return out
+
+
+def accuracy_at_coverage(logits: torch.Tensor, labels: torch.Tensor,
+                         coverages: tuple[float, ...] = COVERAGES) -> dict[str, float]:
+    """The accuracy on the most confident fraction of the images, for each fraction in ``coverages`` (a temperature
+    does not change the order, so none is needed): what a user who acts only on the surest predictions gets."""
+    confidence, predicted = logits.double().softmax(-1).max(-1)
+    order = confidence.argsort(descending=True, stable=True)
+    correct = (predicted == labels)[order].double()
+    return {f"{c:g}": float(correct[:max(1, round(c * len(correct)))].mean()) for c in coverages}
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T in :data:`TEMPERATURE_RANGE` that minimises the NLL of softmax(logits / T): a golden-section search on
     log T (the NLL is smooth and unimodal in log T), to 1e-6. Logits that are not finite are refused."""

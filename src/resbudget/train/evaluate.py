@@ -17,7 +17,7 @@ from .._io import read_toml
 from ..data import CIFAR10, Split, load_cifar10, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
-from .calibration import calibration_metrics
+from .calibration import accuracy_at_coverage, calibration_metrics, reliability
 from .checkpoint import load_model, read_summary, temperature_of, weights_path
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
 from .tta import tta_view_logits
@@ -84,6 +84,20 @@ def model_logits(model: nn.Module, split: Split, *, batch_size: int = 1000, prec
     return out
 
 
+def view_logits(model: nn.Module, split: Split, *, tta: str = "none", batch_size: int = 1000,
+                precision: str = "fp32", channels_last: bool = True) -> torch.Tensor:
+    """The fp32 logits of ``model`` (put in eval mode) on each TTA view of all of ``split``: (views, N, classes),
+    view 0 the image itself; the mean over views is the TTA prediction. The views of a batch go through the net
+    together, as during training's own evaluation, so the numbers are the run's."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([y for y, _ in batched_outputs(lambda x: tta_view_logits(model, x, tta), split,
+                                                   batch_size=batch_size, precision=precision,
+                                                   channels_last=channels_last)], dim=1)
+    model.train(was_training)
+    return out
+
+
 def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: int = 1000, precision: str = "bf16",
              channels_last: bool = True) -> dict[str, float]:
     """``loss`` (mean cross-entropy) and ``accuracy`` over ``split`` (on the model's device), and with a ``tta`` mode
@@ -118,8 +132,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
     already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities). A checkpoint over
     ``budget`` parameters is refused unless ``allow_over_budget``. ``corruptions`` = N > 0 adds the corruption
     table of :func:`evaluate_corruptions` on the first N test images, seeded by ``seed``. The net is scored as its
-    run scored it (:func:`eval_options` of its config: batch, layout and, unless ``precision`` is given, precision),
-    so a finished run's numbers are reproduced."""
+    run scored it (:func:`eval_options` of its config: batch, layout, TTA views and, unless ``precision`` is given,
+    precision), so a finished run's numbers are reproduced: ``test_accuracy`` and ``test_loss`` of the image alone,
+    ``test_accuracy_tta`` over the views. ``calibration`` judges the probabilities ``predict`` gives (the mean logits
+    over the views, divided by the temperature): NLL and 15-bin ECE with and without the temperature, the accuracy
+    at coverage and the reliability diagram's bins."""
     if corruptions < 0:
         raise ValueError(f"--images must be a positive number of test images, got {corruptions}")
     is_ensemble_model = model is not None
@@ -128,6 +145,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
         model, _ = load_model(path, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
     opts = eval_options(run_train_config(path)) | ({"precision": precision} if precision is not None else {})
+    tta = "none" if is_ensemble_model else run_train_config(path).tta
     model = model.to(dev)
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -135,16 +153,21 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
     test = data.test.to(dev)
     # one pass over the test set gives everything: an ensemble's outputs are log-probabilities, whose softmax is
     # its probabilities, so the same metrics hold for it (it has no temperature of its own)
-    logits = model_logits(model, test, **opts)
+    views = view_logits(model, test, tta=tta, **opts)
+    logits = views.mean(0)  # what predict scores
     temperature = 1.0 if is_ensemble_model else temperature_of(path)
+    alone = calibration_metrics(views[0], test.labels)
     plain = calibration_metrics(logits, test.labels)
     scaled = calibration_metrics(logits, test.labels, temperature)
-    result = {"checkpoint": str(path), "test_accuracy": plain["accuracy"], "test_loss": plain["nll"],
-              "params": count_params(model), "images": len(data.test), "precision": opts["precision"],
-              "device": str(dev),
-              "notes": [], "calibration": {"temperature": temperature, "test_nll": plain["nll"],
-                                           "test_ece": plain["ece"], "test_nll_calibrated": scaled["nll"],
-                                           "test_ece_calibrated": scaled["ece"]}}
+    result = {"checkpoint": str(path), "test_accuracy": alone["accuracy"], "test_loss": alone["nll"],
+              "test_accuracy_tta": plain["accuracy"] if tta != "none" else None, "tta": tta,
+              "views": len(views), "params": count_params(model), "images": len(data.test),
+              "precision": opts["precision"], "device": str(dev), "notes": [],
+              "calibration": {"temperature": temperature, "views": len(views), "test_nll": plain["nll"],
+                              "test_ece": plain["ece"], "test_nll_calibrated": scaled["nll"],
+                              "test_ece_calibrated": scaled["ece"],
+                              "accuracy_at_coverage": accuracy_at_coverage(logits, test.labels),
+                              "reliability": reliability(logits, test.labels, temperature)}}
     if corruptions:
         test = data.test.subset(slice(0, corruptions)).to(dev)
         result["robustness"] = evaluate_corruptions(model, test, seed=seed, **opts)

@@ -40,8 +40,16 @@ from .checkpoint import (
     save_weights,
     weights_path,
 )
-from .config import STUDY_MODE_NOTE, Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
-from .evaluate import eval_options, evaluate, model_logits, select_device
+from .config import (
+    STUDY_MODE_NOTE,
+    Config,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_toml,
+)
+from .evaluate import eval_options, evaluate, select_device, view_logits
 from .fit import TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
 
@@ -340,7 +348,7 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
     model = state.finished_model()
     final = final_evaluation(model, config, *((run.test, "test") if run.test is not None else (run.val, "validation")))
     log.finish({"test_loss": final["loss"], "test_acc": final["accuracy"]} if final["split"] == "test" else {})
-    calibration = fit_and_report(model, run.val, config.train.precision) if run.val is not None else None
+    calibration = fit_and_report(model, run.val, config.train) if run.val is not None else None
     extra = {"epoch": str(state.epoch)} | ({"temperature": repr(calibration["temperature"])} if calibration else {})
     save_weights(model, config.model, out_dir / "model.safetensors", extra=extra)
     summary = run_summary(config, run, log.rows, final, calibration, state, params, round(wall(), 2))
@@ -413,12 +421,14 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
 
 
 # --- calibration of a run (train/calibration.py) ---------------------------------------------------------------------
-def fit_and_report(model: ResNet, val: Split, precision: str) -> dict[str, Any]:
-    """The temperature fitted on the validation images ``val`` and their NLL / ECE before and after."""
-    logits = model_logits(model, val, precision=precision)
+def fit_and_report(model: ResNet, val: Split, t: TrainConfig) -> dict[str, Any]:
+    """The temperature fitted on the validation images ``val`` and their NLL / ECE before and after, for the
+    probabilities every command gives: the mean logits over the run's TTA views, scored as the run scores."""
+    logits = view_logits(model, val, tta=t.tta, **eval_options(t)).mean(0)
     temperature = fit_temperature(logits, val.labels)
     before, after = calibration_metrics(logits, val.labels), calibration_metrics(logits, val.labels, temperature)
-    return {"temperature": temperature, "val_images": len(val), "val_nll": before["nll"], "val_ece": before["ece"],
+    return {"temperature": temperature, "source": f"validation split ({len(val):,} images, {t.tta} TTA)",
+            "val_images": len(val), "val_nll": before["nll"], "val_ece": before["ece"],
             "val_nll_calibrated": after["nll"], "val_ece_calibrated": after["ece"]}
 
 
@@ -447,7 +457,7 @@ def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
         data = data if data is not None else load_cifar10(data_dir)
         _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
         dev = select_device(device)
-        result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train.precision)
+        result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train)
         extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
         save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
         if summary is not None:

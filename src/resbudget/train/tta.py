@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 TTA_MODES = ("none", "flip", "flip-shift4", "flip-shift")
+VIEWS = {"none": 1, "flip": 2, "flip-shift4": 4, "flip-shift": 6}  # how many views each mode scores
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
