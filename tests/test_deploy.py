@@ -158,3 +158,48 @@ def test_the_onnx_export_matches_pytorch_with_any_batch(tmp_path, checkpoint, sm
         assert np.allclose(probs.sum(1), 1, atol=1e-5)
     assert main(["export", str(checkpoint), "--out", str(out)]) == 2
     assert "is not overwritten" in capsys.readouterr().err
+
+
+def test_predict_scores_the_runs_views_unless_told_and_marks_unsure_images(tmp_path, checkpoint, capsys):
+    from PIL import Image
+
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # its views differ
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    probabilities = {}
+    for views in ("1", "4"):
+        assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--views", views, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["tta"] == {"1": "none", "4": "flip-shift4"}[views] and out["temperature"] == 2.0
+        probabilities[views] = out["predictions"][0]["top"][0]["probability"]
+    assert probabilities["1"] != probabilities["4"]
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--json"]) == 0  # the default recipe's 4
+    assert json.loads(capsys.readouterr().out)["predictions"][0]["top"][0]["probability"] == probabilities["4"]
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--min-confidence", "0.99"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("(unsure)")
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--min-confidence", "0"]) == 0
+    assert "(unsure)" not in capsys.readouterr().out
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--views", "3"]) == 2
+
+
+def test_eval_gives_accuracy_at_coverage_and_draws_the_reliability_diagram(tmp_path, checkpoint, small_cifar,
+                                                                           capsys):
+    from resbudget.train import evaluate_checkpoint
+    from resbudget.train.calibration import accuracy_at_coverage, reliability
+
+    logits = torch.tensor([[5.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.1]])
+    labels = torch.tensor([0, 0, 0, 1])
+    # most confident first: right (5.0), right (2.0), wrong (1.0), right (0.1)
+    assert accuracy_at_coverage(logits, labels, (0.5, 0.75, 1.0)) == {"0.5": 1.0, "0.75": 2 / 3, "1": 0.75}
+    bins = reliability(logits, labels)
+    assert sum(b["count"] for b in bins) == 4 and all(b["low"] < b["confidence"] <= b["high"] for b in bins)
+    result = evaluate_checkpoint(checkpoint, data=small_cifar)
+    c = result["calibration"]
+    assert set(c["accuracy_at_coverage"]) == {"0.5", "0.8", "0.9"}
+    assert sum(b["count"] for b in c["reliability"]) == len(small_cifar.test)
+    assert result["test_accuracy_tta"] is not None and c["views"] == 4
+    from resbudget.report import plot_reliability
+
+    path = plot_reliability(c, tmp_path / "r.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -153,4 +153,7 @@ def test_the_finished_nets_numbers_end_the_metrics_and_eval_reproduces_them(smal
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["test_acc"] is None and rows[-1]["test_acc"] == summary["test_accuracy"]
     assert summary["test_accuracy_tta"] is not None and summary["git_dirty"] in (True, False, None)
-    assert evaluate_checkpoint(tmp_path / "run", data=small_cifar)["test_accuracy"] == summary["test_accuracy"]
+    result = evaluate_checkpoint(tmp_path / "run", data=small_cifar)
+    assert (result["test_accuracy"], result["test_accuracy_tta"]) == (summary["test_accuracy"],
+                                                                       summary["test_accuracy_tta"])
+    assert result["tta"] == "flip" and result["views"] == 2 and result["calibration"]["views"] == 2
