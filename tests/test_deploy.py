@@ -161,9 +161,8 @@ def test_the_onnx_export_matches_pytorch_with_any_batch(tmp_path, checkpoint, sm
 
 
 def test_predict_scores_the_runs_views_unless_told_and_marks_unsure_images(tmp_path, checkpoint, capsys):
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # its views differ
     Image.fromarray(pixels).save(tmp_path / "a.png")
