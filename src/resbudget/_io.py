@@ -76,9 +76,12 @@ KIB, MIB = 1024, 1024 * 1024
 # The most a file of each kind may hold: far above any real one, far below what could hurt the machine.
 MAX_BYTES = {
     "config": 1 * MIB,  # a config, base, spec or search-space TOML file
-    "json": 16 * MIB,  # summary.json, ensemble.json, a data manifest
+    "json": 16 * MIB,  # summary.json, ensemble.json
     "log": 256 * MIB,  # metrics.jsonl: one row per epoch
     "image": 64 * MIB,  # an image file given to predict (its pixel count is bounded separately)
+    "manifest": 64 * KIB,  # a data manifest: checksums and counts
+    "batch": 256 * MIB,  # a CIFAR-10 batch file: 30.7 MB (binary) or 31 MB (python) in the official set
+    "spec": 64 * KIB,  # the model spec's JSON in a checkpoint's metadata: a few hundred characters
 }
 MAX_DEPTH = 32  # nesting of parsed TOML or JSON: configs are 2 deep, a training state's structure about 10
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),

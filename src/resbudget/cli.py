@@ -146,7 +146,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.figure:
             from .report import plot_reliability
 
-            print(f"reliability diagram written to {plot_reliability(c, args.figure, f'{args.checkpoint}')}")
+            print(f"reliability diagram written to {plot_reliability(c, args.figure, str(args.checkpoint))}")
     if "robustness" in result:
         r = result["robustness"]
         print(f"\ncorruptions of the first {r['images']:,} test images (seed {r['seed']}); clean "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import parse_json, read_bounded, regular_file
+from .._io import MAX_BYTES, parse_json, read_bounded, regular_file
 
 ENV_VAR = "RESBUDGET_DATA_DIR"
 MANIFEST_ENV_VAR = "RESBUDGET_DATA_MANIFEST"  # checksums and counts of a set that is not the official one
@@ -28,8 +28,6 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 RECORD_BYTES = 1 + 3 * 32 * 32
-MAX_BATCH_BYTES = 256 * 1024 * 1024  # an official batch file is 30.7 MB (binary) or 31 MB (python)
-MAX_MANIFEST_BYTES = 64 * 1024
 
 
 class DataError(RuntimeError):
@@ -223,7 +221,7 @@ def _read_members(located: Located, names: list[str]) -> dict[str, bytes]:
             path = located.path / name
             if not path.exists() and not path.is_symlink():
                 raise DataError(f"{path}: missing (the {located.fmt.name} version needs {', '.join(names)})")
-            out[name] = read_bounded(path, MAX_BATCH_BYTES, DataError, "a batch file")
+            out[name] = read_bounded(path, MAX_BYTES["batch"], DataError, "a batch file")
         return out
     verify_archive(located.path, located.fmt)
     with tarfile.open(located.path, "r:gz") as tar:
@@ -278,7 +276,7 @@ def read_manifest(path: str | os.PathLike) -> tuple[Format, tuple[int, int]]:
     its ``"archive_md5"``."""
     path = Path(path)
     try:
-        data = parse_json(read_bounded(path, MAX_MANIFEST_BYTES, DataError, "a data manifest"), DataError, str(path))
+        data = parse_json(read_bounded(path, MAX_BYTES["manifest"], DataError, "a data manifest"), DataError, str(path))
         fmt = next(f for f in FORMATS if f.name == data["format"])
         files = {key: tuple(FileCheck(c["name"], c["algorithm"], c["digest"], c.get("size")) for c in data[key])
                  for key in ("train_files", "test_files")}

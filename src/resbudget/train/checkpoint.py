@@ -18,12 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .._io import atomic_path, parse_json, read_json, regular_file
+from .._io import MAX_BYTES, atomic_path, parse_json, read_json, regular_file
 from ..models import DEFAULT_BUDGET, ModelSpec, ResNet, SpecError, build_model, check_spec
 from .calibration import TEMPERATURE_RANGE
 
 FORMAT = "resbudget-weights-v1"
-MAX_SPEC_CHARS = 64 * 1024  # a spec's JSON is a few hundred characters
 _PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -69,8 +68,8 @@ def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Te
     metadata, tensors = _read(path, "no such checkpoint file", "not a readable safetensors file")
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise CheckpointError(f"{path}: not a resbudget checkpoint (no model spec in its metadata)")
-    if len(metadata["spec"]) > MAX_SPEC_CHARS:
-        raise CheckpointError(f"{path}: the model spec in its metadata is over {MAX_SPEC_CHARS:,} characters")
+    if len(metadata["spec"]) > MAX_BYTES["spec"]:
+        raise CheckpointError(f"{path}: the model spec in its metadata is over {MAX_BYTES['spec']:,} characters")
     data = parse_json(metadata["spec"], CheckpointError, f"{path}: the model spec in its metadata")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: the model spec in its metadata is not a JSON object")

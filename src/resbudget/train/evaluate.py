@@ -73,17 +73,6 @@ def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *,
         yield out.float(), split.labels[start:start + batch_size]
 
 
-def model_logits(model: nn.Module, split: Split, *, batch_size: int = 1000, precision: str = "fp32",
-                 channels_last: bool = True) -> torch.Tensor:
-    """The logits of ``model`` (in eval mode) on all of ``split`` (on the model's device), as fp32."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([y for y, _ in batched_outputs(model, split, batch_size=batch_size, precision=precision,
-                                                   channels_last=channels_last)])
-    model.train(was_training)
-    return out
-
-
 def view_logits(model: nn.Module, split: Split, *, tta: str = "none", batch_size: int = 1000,
                 precision: str = "fp32", channels_last: bool = True) -> torch.Tensor:
     """The fp32 logits of ``model`` (put in eval mode) on each TTA view of all of ``split``: (views, N, classes),
@@ -144,8 +133,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
         path = weights_path(path, allow_unfinished)
         model, _ = load_model(path, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
-    opts = eval_options(run_train_config(path)) | ({"precision": precision} if precision is not None else {})
-    tta = "none" if is_ensemble_model else run_train_config(path).tta
+    run = run_train_config(path)
+    opts = eval_options(run) | ({"precision": precision} if precision is not None else {})
+    tta = "none" if is_ensemble_model else run.tta
     model = model.to(dev)
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
