@@ -11,6 +11,7 @@ from resbudget.train import (
     ConfigError,
     Schedule,
     ScheduleConfig,
+    config_from_dict,
     config_to_dict,
     config_to_toml,
     default_config,
@@ -189,8 +190,31 @@ BEFORE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs_14359eb.jso
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
 def test_every_config_resolves_as_before_under_its_old_name(name):
+    """The same configs, but for the keys added since (compat.ADDED_KEYS), which 14359eb did not have."""
+    from resbudget.compat import ADDED_KEYS
+
     source = str(REPO / name) if name.endswith(".toml") else name
-    assert config_to_dict(load_config(source)) == BEFORE[name]
+    now = config_to_dict(load_config(source))
+    for key in ADDED_KEYS:
+        section, _, field_name = key.partition(".")
+        del now[section][field_name]
+    assert now == BEFORE[name]
+
+
+def test_a_run_folder_written_before_a_key_was_added_reads_as_what_it_was():
+    from resbudget.compat import ADDED_KEYS
+
+    stored = config_to_dict(load_config(None))
+    del stored["train"]["temperature"]
+    assert ADDED_KEYS["train.temperature"] == 0.0
+    assert config_from_dict(stored, stored=True).train.temperature == 0.0  # it had no recipe temperature
+    assert load_config(None).train.temperature > 0  # today's default recipe has one
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.001, 101.0, float("nan")])
+def test_a_recipe_temperature_outside_its_range_is_refused(value):
+    with pytest.raises(ConfigError, match="train.temperature(: expected a finite| must be 0)"):
+        load_config(None, [f"train.temperature={value}"])
 
 
 def test_every_config_file_in_the_tree_loads_and_no_two_are_the_same_recipe():

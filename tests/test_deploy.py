@@ -79,11 +79,38 @@ def test_a_run_with_a_validation_split_is_calibrated_and_eval_reports_both(tmp_p
         pytest.approx(c["temperature"], rel=1e-4)
 
 
-def test_a_run_without_held_out_images_is_not_calibrated_on_the_test_set(tmp_path, small_cifar):
+def test_a_run_without_held_out_images_is_not_calibrated_on_the_test_set(tmp_path, small_cifar, capsys):
     summary = train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
     assert summary["calibration"] is None and temperature_of(tmp_path / "run") == 1.0
-    with pytest.raises(CheckpointError, match="no held-out images are left"):
+    with pytest.raises(CheckpointError, match="no held-out images are left.*--temperature T"):
         calibrate_run(tmp_path / "run", data=small_cifar)
+    # its recipe's temperature, given by hand, is stored where predict, eval and export read it
+    weights_before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    for bad in ("0.001", "200", "nan"):
+        assert main(["calibrate", str(tmp_path / "run"), "--temperature", bad]) == 2
+        assert "--temperature must be between 0.01 and 100" in capsys.readouterr().err
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights_before
+    assert main(["calibrate", str(tmp_path / "run"), "--temperature", "0.5"]) == 0
+    assert "temperature 0.5 stored" in capsys.readouterr().out
+    assert temperature_of(tmp_path / "run") == 0.5
+    c = json.loads((tmp_path / "run" / "summary.json").read_text())["calibration"]
+    assert c == {"temperature": 0.5, "source": "given (resbudget calibrate --temperature)"}
+
+
+def test_a_run_without_a_split_takes_its_recipes_temperature_and_reports_it_on_test(tmp_path, small_cifar):
+    summary = train_run(tiny_config("train.epochs=1", "train.tta=flip", "train.temperature=0.5"), tmp_path / "run",
+                        data=small_cifar, progress=False)
+    c = summary["calibration"]
+    assert c["temperature"] == 0.5 and "train.temperature" in c["source"] and "val_images" not in c
+    assert temperature_of(tmp_path / "run") == 0.5
+    # the test numbers are reported, never fitted on: eval recomputes them from the same weights and views
+    from resbudget.train import evaluate_checkpoint
+
+    r = evaluate_checkpoint(tmp_path / "run", data=small_cifar)
+    assert r["test_accuracy"] == summary["test_accuracy"] and r["test_accuracy_tta"] == summary["test_accuracy_tta"]
+    assert r["test_loss"] == pytest.approx(summary["test_loss"], abs=1e-12)
+    for key in ("test_nll", "test_ece", "test_nll_calibrated", "test_ece_calibrated"):
+        assert r["calibration"][key] == pytest.approx(c[key], abs=1e-12), key
 
 
 # --- predict -------------------------------------------------------------------------------------------------------
@@ -147,17 +174,24 @@ def test_the_onnx_export_matches_pytorch_with_any_batch(tmp_path, checkpoint, sm
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta["classes"]) == list(CLASSES) and json.loads(meta["spec"]) == TINY.to_dict()
     assert float(meta["temperature"]) == 2.0
-    session = ort.InferenceSession(str(out))
+    # outside a run folder a checkpoint is scored as the default recipe scores: its 4 TTA views, in the graph
+    assert (meta["tta"], meta["views"]) == ("flip-shift4", "4")
+    one = tmp_path / "one.onnx"
+    assert main(["export", str(checkpoint), "--out", str(one), "--views", "1"]) == 0
+    assert {p.key: p.value for p in onnx.load(str(one)).metadata_props}["views"] == "1"
     model, _ = load_model(checkpoint)
-    for n in (1, 7):
-        x = small_cifar.test.images[:n]
-        logits, probs = session.run(None, {"images": (x.float() / 255).numpy()})
-        with torch.no_grad():
-            ref = model(normalize(x)) / 2.0
-        assert np.abs(logits - ref.numpy()).max() < 1e-4
-        assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    for path, tta in ((out, "flip-shift4"), (one, "none")):
+        session = ort.InferenceSession(str(path))
+        for n in (1, 7):
+            x = small_cifar.test.images[:n]
+            logits, probs = session.run(None, {"images": (x.float() / 255).numpy()})
+            with torch.no_grad():
+                ref = tta_view_logits(model, normalize(x), tta).mean(0) / 2.0
+            assert np.abs(logits - ref.numpy()).max() < 1e-4
+            assert np.allclose(probs.sum(1), 1, atol=1e-5)
     assert main(["export", str(checkpoint), "--out", str(out)]) == 2
     assert "is not overwritten" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.onnx"), "--views", "3"]) == 2
 
 
 def test_predict_scores_the_runs_views_unless_told_and_marks_unsure_images(tmp_path, checkpoint, capsys):

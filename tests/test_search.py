@@ -292,6 +292,11 @@ def test_confirm_retrains_on_every_image_and_reports_test_accuracy(tmp_path, tin
     assert summary["config"]["data"]["val_size"] == 0 and summary["seed"] == 1
     assert summary["test_accuracy"] == r["runs"][1]["test_accuracy"]
     assert json.loads((tmp_path / "confirm" / "confirm.json").read_text())[0]["label"] == r["label"]
+    # the temperature the trial fitted on its validation split calibrates its confirm runs, reported on test
+    trial = study.trials[int(r["label"].removeprefix("trial-"))]
+    assert summary["calibration"]["temperature"] == trial.user_attrs["temperature"]
+    assert summary["config"]["train"]["temperature"] == trial.user_attrs["temperature"]
+    assert {"test_nll", "test_ece", "test_ece_calibrated"} <= set(summary["calibration"])
 
 
 def test_two_workers_on_one_sqlite_file_give_exactly_the_trials_asked_for(tmp_path, synthetic_dir):

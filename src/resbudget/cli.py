@@ -186,20 +186,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .deploy import export_onnx
 
-    path = export_onnx(args.run, args.out, opset=args.opset, budget=args.budget,
+    path = export_onnx(args.run, args.out, opset=args.opset, budget=args.budget, views=args.views,
                        allow_over_budget=args.allow_over_budget, allow_unfinished=args.allow_unfinished)
-    print(f"ONNX model written to {path} (input: float32 N x 3 x 32 x 32 RGB in 0-1; outputs: logits, probabilities)")
+    print(f"ONNX model written to {path} (input: float32 N x 3 x 32 x 32 RGB in 0-1; outputs: logits, probabilities "
+          "over the TTA views named in its metadata)")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .train import calibrate_run
 
-    r = calibrate_run(args.run, data_dir=args.data_dir, device=args.device, allow_unfinished=args.allow_unfinished)
-    print(json.dumps(r, indent=2) if args.json else
-          f"{args.run}: temperature {r['temperature']:.4f} fitted on {r['val_images']:,} validation images; "
-          f"validation NLL {r['val_nll']:.4f} -> {r['val_nll_calibrated']:.4f}, ECE {r['val_ece']:.4f} -> "
-          f"{r['val_ece_calibrated']:.4f}")
+    r = calibrate_run(args.run, data_dir=args.data_dir, device=args.device, allow_unfinished=args.allow_unfinished,
+                      temperature=args.temperature)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    elif "val_images" in r:
+        print(f"{args.run}: temperature {r['temperature']:.4f} fitted on {r['val_images']:,} validation images; "
+              f"validation NLL {r['val_nll']:.4f} -> {r['val_nll_calibrated']:.4f}, ECE {r['val_ece']:.4f} -> "
+              f"{r['val_ece_calibrated']:.4f}")
+    else:
+        print(f"{args.run}: temperature {r['temperature']:g} stored (eval shows what it does to the probabilities)")
     return 0
 
 
@@ -509,17 +515,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_unfinished_flag(s)
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("export", help="write a run's net as an ONNX model (normalisation and temperature inside)")
+    s = sub.add_parser("export", help="write a run's net as an ONNX model (normalisation, TTA views and "
+                       "temperature inside)")
     s.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
     s.add_argument("--format", choices=("onnx",), default="onnx")
     s.add_argument("--out", type=Path, metavar="FILE", help="default: model.onnx beside the weights")
     s.add_argument("--opset", type=int, help="the ONNX opset to write (default 18, the exporter's own)")
+    s.add_argument("--views", type=int, choices=(1, 2, 4, 6), help="TTA views the graph averages (default: the "
+                   "run's own, as predict and eval score; 1: the image alone, the fastest)")
     _add_budget_flags(s, "a net above it is refused")
     _add_unfinished_flag(s)
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("calibrate", help="fit a run's temperature on its own validation split")
+    s = sub.add_parser("calibrate", help="fit a run's temperature on its own validation split, or store a given one")
     s.add_argument("run", metavar="RUN_DIR")
+    s.add_argument("--temperature", type=float, metavar="T", help="store T instead of fitting one (e.g. the "
+                   "recipe's train.temperature, for a run trained before its recipe had one)")
     s.add_argument("--data-dir", metavar="DIR")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")

@@ -1,9 +1,11 @@
 """The trained net as an ONNX model, for runtimes without PyTorch (onnxruntime and others).
 
 The graph takes ``images``: float32, N x 3 x 32 x 32, RGB values in 0-1 (a uint8 image divided by 255), any batch
-size N. The CIFAR-10 normalisation and the calibration temperature are inside it. It gives ``logits`` (already
-divided by the temperature) and ``probabilities`` (their softmax), both N x 10. The model's metadata holds the class
-names, the spec and the temperature.
+size N. The CIFAR-10 normalisation, the run's TTA views (their mean logits, as ``predict`` and ``eval`` score) and
+the calibration temperature are inside it. It gives ``logits`` (already divided by the temperature) and
+``probabilities`` (their softmax), both N x 10. The model's metadata holds the class names, the spec, the TTA mode
+and its number of views, and the temperature. It computes in fp32 where the run scores in its own precision (bf16 by
+default), so its probabilities differ from predict's in the third decimal.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 from .._io import publish_new, usual_mode
 from ..data import CLASSES, MEAN, STD
 from ..models import DEFAULT_BUDGET, ModelSpec
-from ..train import CheckpointError, load_model, temperature_of, weights_path
+from ..train import CheckpointError, load_model, temperature_of, tta_mode, weights_path
+from ..train.tta import VIEWS, tta_logits
 from ..version import __version__
 
 DEFAULT_OPSET = 18
@@ -36,26 +39,29 @@ def supported_opsets() -> tuple[int, int]:
 
 
 class Deployable(nn.Module):
-    """Normalisation, the net and the temperature in one module: 0-1 RGB in, (logits, probabilities) out."""
+    """Normalisation, the net over its TTA views and the temperature in one module: 0-1 RGB in, (logits,
+    probabilities) out."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float, tta: str = "none") -> None:
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
-        self.temperature = temperature
+        self.temperature, self.tta = temperature, tta
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model((images - self.mean) / self.std) / self.temperature
+        logits = tta_logits(self.model, (images - self.mean) / self.std, self.tta) / self.temperature
         return logits, logits.softmax(-1)
 
 
 def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None, *, opset: int | None = None,
-                budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False, allow_unfinished: bool = False) -> Path:
+                budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False, allow_unfinished: bool = False,
+                views: int | None = None) -> Path:
     """Write the ONNX model of a finished run folder or a checkpoint to ``out`` (default: ``model.onnx`` beside the
-    weights), at exactly the ONNX ``opset`` asked for (one of :func:`supported_opsets`; default 18). The model is
-    written to a temporary file and moved into place only if ``out`` still does not exist: an existing file is never
-    replaced, even one another export wrote meanwhile."""
+    weights), at exactly the ONNX ``opset`` asked for (one of :func:`supported_opsets`; default 18), scoring the
+    run's TTA views (a checkpoint outside a run folder: the default recipe's) or ``views`` (1, 2, 4 or 6) instead.
+    The model is written to a temporary file and moved into place only if ``out`` still does not exist: an existing
+    file is never replaced, even one another export wrote meanwhile."""
     try:
         import onnx
     except ImportError:
@@ -72,8 +78,8 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None,
     if not out.parent.is_dir():
         raise CheckpointError(f"{out.parent} is not a folder: --out must name a file in an existing folder")
     model, spec = load_model(weights, budget=budget, allow_over_budget=allow_over_budget)
-    temperature = temperature_of(weights)
-    module = Deployable(model, temperature).eval()
+    temperature, tta = temperature_of(weights), tta_mode(weights, views)
+    module = Deployable(model, temperature, tta).eval()
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -92,7 +98,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None,
         if written != opset:
             raise CheckpointError(f"the exporter could not write opset {opset} for this net (it wrote {written}); "
                                   f"nothing was written; use --opset {DEFAULT_OPSET}")
-        _set_metadata(graph, spec, temperature)
+        _set_metadata(graph, spec, temperature, tta)
         onnx.save(graph, str(tmp))
         os.chmod(tmp, usual_mode())
         publish_new(tmp, out, CheckpointError)
@@ -102,9 +108,10 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None,
     return out
 
 
-def _set_metadata(graph, spec: ModelSpec, temperature: float) -> None:  # noqa: ANN001 - an onnx.ModelProto
+def _set_metadata(graph, spec: ModelSpec, temperature: float, tta: str) -> None:  # noqa: ANN001 - onnx.ModelProto
     entries = {"classes": json.dumps(list(CLASSES)), "spec": json.dumps(spec.to_dict()),
-               "temperature": repr(temperature), "input": "images: float32 N x 3 x 32 x 32, RGB in 0-1",
+               "temperature": repr(temperature), "tta": tta, "views": str(VIEWS[tta]),
+               "input": "images: float32 N x 3 x 32 x 32, RGB in 0-1",
                "producer": f"resbudget {__version__}"}
     del graph.metadata_props[:]
     for key, value in entries.items():

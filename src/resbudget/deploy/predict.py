@@ -15,9 +15,9 @@ from .._io import MAX_BYTES, regular_file
 from ..data import CLASSES, normalize
 from ..ensemble import is_ensemble, load_ensemble
 from ..models import DEFAULT_BUDGET
-from ..train import autocast, load_model, temperature_of, weights_path
+from ..train import autocast, load_model, temperature_of, tta_mode, weights_path
 from ..train.evaluate import run_train_config
-from ..train.tta import VIEWS, tta_view_logits
+from ..train.tta import mode_of_views, tta_view_logits
 
 IMAGE_METHOD = ("turned upright as its EXIF orientation says, the central square crop, resized to 32x32 with Pillow's "
                 "Lanczos filter (antialiased); transparency composited onto white, greyscale and palette images "
@@ -115,18 +115,16 @@ def load_predictor(source: str | os.PathLike, *, budget: int = DEFAULT_BUDGET, a
     """A finished run folder (or an unfinished one, with ``allow_unfinished``), a checkpoint or an ensemble folder,
     ready to predict on the CPU: with its run's TTA views and precision (a checkpoint outside a run folder: the
     default recipe's), or ``views`` (1, 2, 4 or 6) instead."""
-    if views is not None and views not in VIEWS.values():
-        raise ValueError(f"--views must be one of {', '.join(map(str, sorted(VIEWS.values())))}, got {views}")
+    if views is not None:
+        mode_of_views(views)  # a wrong number is refused before anything is read
     if is_ensemble(source):
         if views not in (None, 1):
             raise ValueError("an ensemble is scored on the image alone: --views 1")
         return Predictor(load_ensemble(source, budget=budget, allow_over_budget=allow_over_budget), 1.0, True)
     weights = weights_path(source, allow_unfinished)
     model, _ = load_model(weights, budget=budget, allow_over_budget=allow_over_budget)
-    run = run_train_config(weights)
-    tta = run.tta if views is None else next(mode for mode, n in VIEWS.items() if n == views)
-    return Predictor(model.to(memory_format=torch.channels_last), temperature_of(weights), False, tta,
-                     run.precision)
+    return Predictor(model.to(memory_format=torch.channels_last), temperature_of(weights), False,
+                     tta_mode(weights, views), run_train_config(weights).precision)
 
 
 def image_files(paths: list[str | os.PathLike]) -> Iterator[Path]:

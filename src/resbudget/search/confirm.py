@@ -20,21 +20,25 @@ from .engine import SearchError
 
 
 def confirm_configs(study: optuna.Study, top: int, with_base: bool = False) -> list[tuple[str, Config]]:
-    """(label, config on every training image) of the ``top`` best finished trials, best first; ``with_base`` adds
-    the search's base recipe (its first trial's config where it ran, else the stored base)."""
+    """(label, config on every training image) of the ``top`` best finished trials, best first, each with the
+    temperature its trial fitted on its validation split; ``with_base`` adds the search's base recipe (its first
+    trial's config where it ran, else the stored base)."""
     if top < 1:
         raise SearchError(f"--top must be >= 1, got {top}")
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     if not done:
         raise SearchError(f"search {study.study_name!r} has no finished trial to confirm yet")
-    picked = [(f"trial-{t.number:04d}", t.user_attrs["config"]) for t in done[:top]]
+    picked = [(f"trial-{t.number:04d}", t.user_attrs["config"], t.user_attrs.get("temperature")) for t in done[:top]]
     if with_base:
         base = json.loads(study.user_attrs["settings"])["space"]["base"]
-        picked.append(("base", base))
+        picked.append(("base", base, None))
     out = []
-    for label, data in picked:
+    for label, data, temperature in picked:
         config = config_from_dict(data, stored=True)
-        out.append((label, dataclasses.replace(config, data=dataclasses.replace(config.data, val_size=0))))
+        # the temperature the trial fitted on its validation split is that config's (the base keeps its recipe's)
+        train = config.train if temperature is None else dataclasses.replace(config.train, temperature=temperature)
+        out.append((label, dataclasses.replace(config, data=dataclasses.replace(config.data, val_size=0),
+                                               train=train)))
     return out
 
 

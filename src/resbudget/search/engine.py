@@ -281,6 +281,8 @@ class Objective:
         value = summary["val_accuracy_tta"] if summary.get("val_accuracy_tta") is not None else summary["val_accuracy"]
         trial.set_user_attr("seconds", summary["wall_seconds"])
         trial.set_user_attr("val_accuracy", summary["val_accuracy"])
+        if summary["calibration"] is not None:  # fitted on the trial's validation split: its confirm runs use it
+            trial.set_user_attr("temperature", summary["calibration"]["temperature"])
         if s.trial_seconds is not None and summary["wall_seconds"] > s.trial_seconds:
             trial.set_user_attr("stopped", f"over time: {summary['wall_seconds']:.0f} s")
             raise optuna.TrialPruned()

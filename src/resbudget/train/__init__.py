@@ -22,7 +22,7 @@ from .config import (
                      load_config,
                      scale_epochs,
 )
-from .evaluate import autocast, batched_outputs, evaluate, evaluate_checkpoint, select_device
+from .evaluate import autocast, batched_outputs, evaluate, evaluate_checkpoint, select_device, tta_mode
 from .fit import TrainingError, TrainingState, fit
 from .optim import make_optimizer
 from .run import RunFolderError, calibrate_run, host_cpu, train_run
@@ -34,4 +34,4 @@ __all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "Experiment
            "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config", "load_model",
            "load_state",
            "make_optimizer", "save_state", "save_weights", "scale_epochs", "select_device",
-           "temperature_of", "train_run", "weights_path"]
+           "temperature_of", "train_run", "tta_mode", "weights_path"]

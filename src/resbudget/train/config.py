@@ -23,9 +23,10 @@ import tomli_w
 
 from .._io import MAX_DEPTH, check_depth, read_toml
 from .._types import coerce, key_text
-from ..compat import MOVED_KEYS, REMOVED_KEYS, RENAMED_RECIPES, renamed_file
+from ..compat import ADDED_KEYS, MOVED_KEYS, REMOVED_KEYS, RENAMED_RECIPES, renamed_file
 from ..models import ModelSpec, SpecError, get_preset
 from ..models.budget import DEFAULT_BUDGET, MAX_PARAMS
+from .calibration import TEMPERATURE_RANGE
 
 BASES_DIR = Path(__file__).resolve().parent / "bases"
 DEFAULTS = BASES_DIR / "default.toml"  # the base "default": never a file, the defaults are the dataclasses below
@@ -143,6 +144,10 @@ class TrainConfig:
     # lowest loss when the net last trained on them (the training pass's own losses: no extra forward pass)
     ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights with this decay per step
     # (train/average.py; 0 = the trained weights themselves)
+    # The recipe's calibration temperature, for a run without a validation split of its own (one with a split fits
+    # its own): the mean of the temperatures fitted on the validation splits of this recipe's runs (docs/RESULTS.md,
+    # "Calibration"). It divides the mean logits over the TTA views. 0 = none measured for the recipe (T = 1).
+    temperature: float = 0.46  # MEASURE
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,10 @@ class Config:
             raise ConfigError(f"train.drop_easy must be a fraction in [0, 1), got {t.drop_easy}")
         if not 0.0 <= t.ema < 1.0:
             raise ConfigError(f"train.ema must be a decay per step in [0, 1) (0 = no average), got {t.ema}")
+        low, high = TEMPERATURE_RANGE
+        if t.temperature != 0 and not low <= t.temperature <= high:
+            raise ConfigError(f"train.temperature must be 0 (none) or between {low:g} and {high:g}, got "
+                              f"{t.temperature}")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
         if self.optim.lr <= 0 or not math.isfinite(self.optim.lr):
@@ -346,7 +355,13 @@ def config_from_dict(data: dict[str, Any], *, stored: bool = False) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a table of sections, got {data!r}")
     if stored:
-        return _build_config(_merge(config_to_dict(Config()), data, "config.toml", stored=True))
+        older = {}  # the keys this run folder predates, with the values that describe it
+        for key, value in ADDED_KEYS.items():
+            section, _, name = key.partition(".")
+            if isinstance(data.get(section), dict) and name not in data[section]:
+                older.setdefault(section, {})[name] = value
+        resolved = _merge(config_to_dict(Config()), data, "config.toml", stored=True)
+        return _build_config(_merge(resolved, older, "config.toml", stored=True))
     return _build_config(_resolve(data, None))
 
 

@@ -20,7 +20,7 @@ from ..models import DEFAULT_BUDGET, count_params
 from .calibration import accuracy_at_coverage, calibration_metrics, reliability
 from .checkpoint import load_model, read_summary, temperature_of, weights_path
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
-from .tta import tta_view_logits
+from .tta import mode_of_views, tta_view_logits
 
 
 def eval_options(t: TrainConfig) -> dict[str, Any]:
@@ -37,6 +37,11 @@ def run_train_config(path: str | os.PathLike) -> TrainConfig:
     if stored.is_file() and (path.is_dir() or path.name == "model.safetensors"):
         return config_from_dict(read_toml(stored, ConfigError), stored=True).train
     return TrainConfig()
+
+
+def tta_mode(path: str | os.PathLike, views: int | None = None) -> str:
+    """The TTA mode a checkpoint is scored with: its run's (:func:`run_train_config`), or the mode of ``views``."""
+    return run_train_config(path).tta if views is None else mode_of_views(views)
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -29,7 +30,7 @@ from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
 from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
-from .calibration import calibration_metrics, fit_temperature
+from .calibration import TEMPERATURE_RANGE, calibration_metrics, fit_temperature
 from .checkpoint import (
     CheckpointError,
     load_state,
@@ -270,13 +271,17 @@ def prepare_run(config: Config, data: CIFAR10 | str | os.PathLike | None, device
 
 def final_evaluation(model: ResNet, config: Config, held_out: Split, which: str) -> dict[str, Any]:
     """The finished net on its held-out split (``which``: "test", or "validation" for a search trial), with the
-    recipe's TTA from the same pass, and the seconds it took (counted in GPU speed records' time)."""
+    recipe's TTA from the same pass, and the seconds it took (counted in GPU speed records' time). ``logits``: the
+    mean logits over the TTA views, what every command's probabilities come from; ``labels``: the split's."""
     start = time.perf_counter()
-    r = evaluate(model, held_out, tta=config.train.tta, **eval_options(config.train))
+    views = view_logits(model, held_out, tta=config.train.tta, **eval_options(config.train))
     if held_out.images.device.type == "cuda":
         torch.cuda.synchronize(held_out.images.device)
-    return {"split": which, "loss": r["loss"], "accuracy": r["accuracy"], "accuracy_tta": r.get("accuracy_tta"),
-            "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    alone, logits = calibration_metrics(views[0], held_out.labels), views.mean(0)
+    tta = calibration_metrics(logits, held_out.labels)["accuracy"] if config.train.tta != "none" else None
+    return {"split": which, "loss": alone["nll"], "accuracy": alone["accuracy"], "accuracy_tta": tta,
+            "seconds": seconds, "logits": logits, "labels": held_out.labels}
 
 
 def train_run(
@@ -348,7 +353,7 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
     model = state.finished_model()
     final = final_evaluation(model, config, *((run.test, "test") if run.test is not None else (run.val, "validation")))
     log.finish({"test_loss": final["loss"], "test_acc": final["accuracy"]} if final["split"] == "test" else {})
-    calibration = fit_and_report(model, run.val, config.train) if run.val is not None else None
+    calibration = run_calibration(model, config.train, run.val, final)
     extra = {"epoch": str(state.epoch)} | ({"temperature": repr(calibration["temperature"])} if calibration else {})
     save_weights(model, config.model, out_dir / "model.safetensors", extra=extra)
     summary = run_summary(config, run, log.rows, final, calibration, state, params, round(wall(), 2))
@@ -421,6 +426,32 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
 
 
 # --- calibration of a run (train/calibration.py) ---------------------------------------------------------------------
+RECIPE_SOURCE = "the recipe's (train.temperature: fitted on validation splits of runs of this recipe)"
+
+
+def run_calibration(model: ResNet, t: TrainConfig, val: Split | None, final: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished run's temperature: fitted on its own validation split where it has one, else the recipe's
+    (``train.temperature``; None where the recipe has none). Where the run was scored on the test set, the test NLL
+    and ECE of its probabilities, with and without the temperature, are reported beside it (never fitted on)."""
+    if val is not None:
+        calibration = fit_and_report(model, val, t)
+    elif t.temperature:
+        calibration = {"temperature": t.temperature, "source": RECIPE_SOURCE}
+    else:
+        return None
+    if final["split"] == "test":
+        calibration |= test_calibration(final["logits"], final["labels"], calibration["temperature"])
+    return calibration
+
+
+def test_calibration(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, float]:
+    """NLL and 15-bin ECE on the test set of the probabilities every command gives, without and with ``temperature``:
+    what the temperature is worth, reported only."""
+    before, after = calibration_metrics(logits, labels), calibration_metrics(logits, labels, temperature)
+    return {"test_nll": before["nll"], "test_ece": before["ece"], "test_nll_calibrated": after["nll"],
+            "test_ece_calibrated": after["ece"]}
+
+
 def fit_and_report(model: ResNet, val: Split, t: TrainConfig) -> dict[str, Any]:
     """The temperature fitted on the validation images ``val`` and their NLL / ECE before and after, for the
     probabilities every command gives: the mean logits over the run's TTA views, scored as the run scores."""
@@ -433,31 +464,41 @@ def fit_and_report(model: ResNet, val: Split, t: TrainConfig) -> dict[str, Any]:
 
 
 def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                  data: CIFAR10 | None = None, device: str = "auto", allow_unfinished: bool = False) -> dict[str, Any]:
+                  data: CIFAR10 | None = None, device: str = "auto", allow_unfinished: bool = False,
+                  temperature: float | None = None) -> dict[str, Any]:
     """Fit the temperature of a finished run on its own validation split (``data.val_size`` images carved from the
-    training set with ``data.val_seed``, as :func:`prepare_splits` carved them) and store it in its
-    ``model.safetensors`` and ``summary.json``. A run that trained on every training image has no held-out images:
+    training set with ``data.val_seed``, as :func:`prepare_splits` carved them), or store the given ``temperature``
+    (e.g. its recipe's, for a run trained before recipes carried one), in its ``model.safetensors`` and
+    ``summary.json``. Without ``temperature``, a run that trained on every training image has no held-out images:
     refused, rather than calibrated on the test set. The run folder's lock is held throughout (a run still training
     there, or another command writing, is refused); an unfinished run is refused unless ``allow_unfinished``. Every
     file is read and checked before either is written."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run folder")
+    if temperature is not None:
+        low, high = TEMPERATURE_RANGE
+        if not (math.isfinite(temperature) and low <= temperature <= high):
+            raise CheckpointError(f"--temperature must be between {low:g} and {high:g}, got {temperature:g}")
     with lock_run_folder(run_dir):
         weights = weights_path(run_dir, allow_unfinished)
         config = config_from_dict(read_toml(run_dir / "config.toml", CheckpointError), stored=True)
-        if not config.data.val_size:
+        if temperature is None and not config.data.val_size:
             raise CheckpointError(f"{run_dir}: this run trained on every training image, so no held-out images are "
-                                  "left to fit a temperature on (the test set is never used); train with "
-                                  "data.val_size=N (e.g. 2000) to calibrate")
+                                  "left to fit a temperature on (the test set is never used); give its recipe's "
+                                  f"temperature with --temperature T (the default recipe's is "
+                                  f"{TrainConfig().temperature:g}), or train with data.val_size=N to fit one")
         summary_path = run_dir / "summary.json"
         summary = read_summary(summary_path) if summary_path.exists() else None
         spec, tensors, metadata = read_weights(weights)
         model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
-        data = data if data is not None else load_cifar10(data_dir)
-        _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
-        dev = select_device(device)
-        result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train)
+        if temperature is None:
+            data = data if data is not None else load_cifar10(data_dir)
+            _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
+            dev = select_device(device)
+            result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train)
+        else:
+            result = {"temperature": temperature, "source": "given (resbudget calibrate --temperature)"}
         extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
         save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
         if summary is not None:

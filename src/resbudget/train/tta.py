@@ -11,6 +11,14 @@ TTA_MODES = ("none", "flip", "flip-shift4", "flip-shift")
 VIEWS = {"none": 1, "flip": 2, "flip-shift4": 4, "flip-shift": 6}  # how many views each mode scores
 
 
+def mode_of_views(views: int) -> str:
+    """The TTA mode that scores ``views`` views (1, 2, 4 or 6)."""
+    for mode, n in VIEWS.items():
+        if n == views:
+            return mode
+    raise ValueError(f"--views must be one of {', '.join(map(str, VIEWS.values()))}, got {views}")
+
+
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """Translate by (dy, dx) pixels, filling the uncovered border by reflection (as the training crops pad)."""
     p = max(abs(dy), abs(dx))
