@@ -4,6 +4,7 @@ search's own logic is under test."""
 
 import json
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -233,8 +234,10 @@ def fake_training(accuracy_of, seconds_per_epoch=0.0):
     def train_run(config, run_dir, *, on_epoch_end, **kw):
         for epoch in range(1, config.train.epochs + 1):
             time.sleep(seconds_per_epoch)
-            on_epoch_end(epoch, {"val_acc": accuracy_of(config) * epoch / config.train.epochs})
-        return {"val_accuracy": accuracy_of(config), "val_accuracy_tta": None, "wall_seconds": 0.01}
+            on_epoch_end(epoch, {"val_acc": accuracy_of(config) * epoch / config.train.epochs, "stopped": None,
+                                 "images_per_s": 1000.0})
+        return {"val_accuracy": accuracy_of(config), "val_accuracy_tta": None, "wall_seconds": 0.01,
+                "stopped": None, "calibration": None}
     return train_run
 
 
@@ -263,6 +266,50 @@ def test_a_trial_over_its_time_is_stopped(tmp_path, tiny_space, small_cifar, mon
     assert long and all(t.state.name == "PRUNED" and "over time" in t.user_attrs["stopped"] for t in long)
     assert all(t.user_attrs["epochs_done"] < 10 for t in long)
     assert all(t.state.name == "COMPLETE" for t in short)
+
+
+SLOW_SPACE = """
+[params]
+"model.stem_width" = 64
+"model.stages" = 1
+"model.stage_widths" = [128]
+"model.stage_blocks" = [1]
+"model.stage_strides" = [1]
+"model.stem_kernel" = 3
+"model.stage_entry" = "block"
+"model.block" = "basic"
+"model.shortcut" = "conv1x1"
+"model.head_hidden" = []
+"train.drop_easy" = 0.0
+"train.epochs" = 4
+"train.batch_size" = 64
+"train.eval_batch_size" = 100
+"train.tta" = "none"
+"train.whiten_init" = false
+"""
+
+
+def test_a_trial_limit_holds_inside_an_epoch_and_a_net_that_cannot_fit_is_rejected(tmp_path, monkeypatch):
+    """A net whose first epoch takes several times the limit: the first trial stops between two steps and still ends
+    cleanly within the limit + 10%; the second, the same net, is rejected from its MACs before it is built (and the
+    search, which can draw nothing else, ends saying so)."""
+    from resbudget.data import synthetic_cifar10
+
+    path = tmp_path / "slow.toml"
+    path.write_text(SLOW_SPACE)
+    limit = 8.0
+    data = synthetic_cifar10(6000, 100)
+    settings = SearchSettings(space=load_space(path), val_size=200, trial_seconds=limit)
+    monkeypatch.setattr(engine, "MAX_REJECTED_IN_A_ROW", 1)
+    with pytest.raises(SearchError, match="were rejected"):
+        run_search("slow", trials=2, out_dir=tmp_path / "slow", settings=settings, data=data, heartbeat=1)
+    first, second = optuna.load_study(study_name="slow", storage=default_storage(tmp_path / "slow")).trials
+    assert first.state.name == "PRUNED" and "training stopped in epoch 1 of 4" in first.user_attrs["stopped"]
+    assert first.user_attrs["seconds"] <= 1.1 * limit
+    summary = json.loads((Path(first.user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["stopped"] and summary["time_limit"] == limit and summary["wall_seconds"] <= 1.1 * limit
+    assert "its first epoch alone would take about" in second.user_attrs["rejected"]
+    assert "run_dir" not in second.user_attrs  # never built, never trained
 
 
 def test_report_writes_the_table_fronts_and_a_best_config_train_takes(tmp_path, tiny_space, small_cifar):

@@ -231,6 +231,8 @@ class Objective:
             if s.fill:
                 config = dataclasses.replace(config, model=fill_budget(config.model, s.budget, s.macs_budget))
             params, macs = check_trial(config, s.macs_budget)
+            if s.trial_seconds is not None:
+                check_first_epoch(trial.study, macs, len(self.data.train) - s.val_size, s.trial_seconds)
         except Rejected as e:
             trial.set_user_attr("rejected", str(e))
             raise optuna.TrialPruned(str(e)) from None
@@ -248,7 +250,9 @@ class Objective:
             ends.append(now)
             trial.set_user_attr("seconds", round(elapsed, 2))
             trial.set_user_attr("epochs_done", epoch)
-            if epoch == epochs:
+            if epoch == 1:  # this machine's speed, for the next trials' first-epoch check
+                trial.set_user_attr("mac_images_per_s", macs * row["images_per_s"])
+            if epoch == epochs or row["stopped"]:  # the last epoch, or stopped at the time limit: the run ends
                 return
             trial.report(row["val_acc"], round(100 * epoch / epochs))
             if trial.should_prune():
@@ -265,7 +269,7 @@ class Objective:
 
         try:
             summary = train_run(config, run_dir, data=self.data, progress=False, on_epoch_end=on_epoch_end,
-                                use_test=False)
+                                use_test=False, time_limit=s.trial_seconds, started=start)
         except TrainingError as e:  # diverged: a result of the drawn recipe, and as bad as results go
             trial.set_user_attr("stopped", f"diverged: {e}")
             raise optuna.TrialPruned(str(e)) from None
@@ -283,10 +287,27 @@ class Objective:
         trial.set_user_attr("val_accuracy", summary["val_accuracy"])
         if summary["calibration"] is not None:  # fitted on the trial's validation split: its confirm runs use it
             trial.set_user_attr("temperature", summary["calibration"]["temperature"])
+        if summary["stopped"]:
+            trial.set_user_attr("stopped", f"over time: {summary['stopped']}")
+            raise optuna.TrialPruned()
         if s.trial_seconds is not None and summary["wall_seconds"] > s.trial_seconds:
             trial.set_user_attr("stopped", f"over time: {summary['wall_seconds']:.0f} s")
             raise optuna.TrialPruned()
         return value
+
+
+def check_first_epoch(study: optuna.Study, macs: int, train_images: int, limit: float) -> None:
+    """:class:`Rejected` if a net of ``macs`` per image could not train one epoch on ``train_images`` within
+    ``limit`` seconds, at the best speed (multiply-accumulates times training images per second) any trial of this
+    search reached on this machine in its first epoch. The optimistic speed rejects only what surely does not fit;
+    the time limit inside the run stops the rest. Before any trial has run here, nothing is rejected."""
+    host = socket.gethostname()
+    rates = [t.user_attrs["mac_images_per_s"] for t in study.get_trials(deepcopy=False)
+             if t.user_attrs.get("host") == host and "mac_images_per_s" in t.user_attrs]
+    if rates and (seconds := macs * train_images / max(rates)) > limit:
+        raise Rejected(f"its first epoch alone would take about {seconds:.0f} s on this machine ({macs / 1e6:.1f}M "
+                       f"MACs per image at the best speed a trial reached here), over the {limit:.0f} s a trial may "
+                       "take")
 
 
 def trial_line(trial: FrozenTrial, best: FrozenTrial | None) -> str:
@@ -351,7 +372,8 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
         if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
             study.stop()
             raise SearchError(f"{rejected_in_a_row} drawn configs in a row were rejected from their specs: narrow "
-                              "the space (--space) or raise the budget")
+                              "the space (--space) or raise the budget"
+                              + (" or the time per trial" if settings.trial_seconds is not None else ""))
         if under_way(study.get_trials(deepcopy=False)) >= trials:  # done, or the rest running on other workers
             study.stop()
 

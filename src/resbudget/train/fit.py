@@ -49,6 +49,7 @@ class TrainingState:
     average: WeightAverage | None = None
     wall_before: float = 0.0  # seconds spent by the processes that ran the earlier epochs
     step: TrainStep | None = None
+    stopped: str | None = None  # why training ended before its last epoch's last step (a time limit), if it did
 
     @classmethod
     def start(cls, config: Config, model: ResNet, n_train: int) -> TrainingState:
@@ -114,11 +115,16 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 
 def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: Callable[[int], dict[str, Any]],
-        monitor: str | None, end_epoch: Callable[[TrainingState, dict[str, Any]], None], show: Progress) -> None:
+        monitor: str | None, end_epoch: Callable[[TrainingState, dict[str, Any]], None], show: Progress,
+        stop: Callable[[float], str | None] | None = None) -> None:
     """Train ``state.model`` from ``state.epoch`` to ``train.epochs`` on ``train`` (on the net's device), updating
     ``state``. After each epoch: ``evaluate_epoch(epochs done)`` adds its held-out numbers to the epoch's row (taken
     with :meth:`TrainingState.evaluated`), the schedule sees the row's ``monitor`` value (e.g. ``"val_acc"``; None:
-    it watches nothing), then ``end_epoch(state, row)`` (logging, checkpoints)."""
+    it watches nothing), then ``end_epoch(state, row)`` (logging, checkpoints).
+
+    ``stop`` (a time limit) is asked after every step, with the training images per second of the epoch so far: a
+    reason ends training there, the epoch cut short still evaluated and ended as any other, the reason kept in
+    ``state.stopped``."""
     model, t, device = state.model, config.train, train.images.device
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train), t.batch_size
@@ -153,6 +159,11 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
             loss_sum += loss.detach().float()
             correct += (logits.argmax(1) == y).sum()
             show.step(epoch + 1, step + 1, steps, loss.detach())
+            if stop is not None and (step + 1 < steps or epoch + 1 < t.epochs):  # not after the very last step
+                state.stopped = stop((step + 1) * bs / (time.perf_counter() - epoch_start))
+                if state.stopped:
+                    steps = step + 1
+                    break
         train_loss = float(loss_sum) / steps
         if not math.isfinite(train_loss):
             raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
@@ -161,7 +172,9 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
         with state.evaluated():
             row.update(evaluate_epoch(epoch + 1))
         row.update(seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds,
-                   images_per_s=steps * bs / train_seconds)
+                   images_per_s=steps * bs / train_seconds, stopped=state.stopped)
         state.schedule.end_epoch(row[monitor] if monitor is not None else None)
         state.epoch = epoch + 1
         end_epoch(state, row)
+        if state.stopped:
+            return
