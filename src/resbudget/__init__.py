@@ -1,5 +1,6 @@
 """resbudget: design, train and evaluate ResNets for CIFAR-10 under a parameter budget."""
 
+from . import _clock  # noqa: F401  (first: the process's start, for time limits)
 from .data import load_cifar10
 from .models import (
                      ModelSpec,

@@ -7,8 +7,10 @@ import dataclasses
 import datetime as dt
 import json
 import sys
+import time
 from pathlib import Path
 
+from . import _clock
 from ._defaults import HEARTBEAT_SECONDS
 from .models.budget import DEFAULT_BUDGET, MAX_PARAMS
 from .train.config import MAX_EPOCHS, MAX_SEED
@@ -101,6 +103,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
+    if args.budget is not None and args.minutes is None:
+        raise ValueError("--budget chooses among the recipes of --minutes; for a recipe of your own, set "
+                         "train.budget (--set train.budget=N)")
+    if args.minutes is not None:
+        return train_for_minutes(args)
     config = None
     if not args.resume or args.config or args.set:
         config = load_config(args.config, args.set or [])
@@ -112,6 +119,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path("runs") / f"{(config.preset if config and config.preset else 'custom')}-{stamp}"
     summary = train_run(config, out, data_dir=args.data_dir, resume=args.resume,
                         allow_over_budget=args.allow_over_budget, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+def train_for_minutes(args: argparse.Namespace) -> int:
+    from .data import download_cifar10
+    from .train import train_run
+    from .train.timed import plan
+
+    if args.config or args.resume:
+        raise ValueError("--minutes chooses the recipe for the time: give no recipe, and start a new run (a run "
+                         "cut short is not resumed under a time limit)")
+    if args.download:
+        download_cifar10(args.data_dir)
+    config, record = plan(args.minutes, budget=args.budget, overrides=tuple(args.set or []),
+                          elapsed=time.perf_counter() - args.started)
+    if not args.quiet:
+        print(f"--minutes {args.minutes:g}: {record['chosen']}, {record['epochs']} epochs, {record['params']:,} "
+              f"params: {record['why']}; expected {record['expected_accuracy']}", flush=True)
+    out = args.out or Path("runs") / f"minutes{args.minutes:g}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    summary = train_run(config, out, data_dir=args.data_dir, allow_over_budget=True, progress=not args.quiet,
+                        time_limit=args.minutes * 60, started=args.started, time_plan=record)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
@@ -411,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--download", action="store_true", help="fetch the official archive if it is not there")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     s.add_argument("--allow-over-budget", action="store_true", help="train a model above train.budget")
+    s.add_argument("--minutes", type=_number_in(0.1, 100_000, float), metavar="N",
+                   help="the whole run ends within N minutes: the most accurate measured recipe this machine can "
+                   "train in that time is chosen (give no recipe)")
+    s.add_argument("--budget", type=_number_in(1, MAX_PARAMS), metavar="PARAMS",
+                   help="with --minutes: only recipes with at most PARAMS parameters")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     s.set_defaults(func=cmd_train)
@@ -558,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     from .study import StudyError
     from .train import CheckpointError, ConfigError, RunFolderError, TrainingError
 
+    # the command's start: the process's own (its imports included) when it is the command line's, else this call
+    started = _clock.STARTED if argv is None else time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "search" and argv[1] in ("report", "confirm"):
         argv = [f"search {argv[1]}", *argv[2:]]  # two-word commands, parsed as one
@@ -566,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"resbudget: error: {e}", file=sys.stderr)
         return 2
+    args.started = started
     try:
         return args.func(args)
     except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,

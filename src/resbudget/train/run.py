@@ -299,6 +299,7 @@ def train_run(
     use_test: bool = True,
     time_limit: float | None = None,
     started: float | None = None,
+    time_plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into the run folder ``out_dir`` and return the summary (also written as summary.json).
 
@@ -310,7 +311,8 @@ def train_run(
     ``time_limit``: the seconds the whole run may take, counted from ``started`` (a ``time.perf_counter()`` value;
     default: this call) and over all processes of a resumed run. Training stops between two steps when what is left
     would no longer cover the evaluations still to come (estimated from the speed so far); the run then ends as any
-    other, its summary saying where it stopped (``stopped``)."""
+    other, its summary saying where it stopped (``stopped``). ``time_plan``: how the recipe was chosen for the time
+    (train/timed.py), recorded in the summary beside the time the run took."""
     wall_start = time.perf_counter() if started is None else started
     if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
         raise ConfigError(f"the time limit must be a positive number of seconds, got {time_limit}")
@@ -330,7 +332,9 @@ def train_run(
             return read_summary(out_dir / "summary.json")
         saved = load_state(state_path) if resume and state_path.is_file() else None
         run = prepare_run(config, data if data is not None else data_dir, device, use_test)
-        return _train_in_folder(config, out_dir, run, saved, show, on_epoch_end, wall_start, params, time_limit)
+        summary = _train_in_folder(config, out_dir, run, saved, show, on_epoch_end, wall_start, params, time_limit,
+                                   time_plan)
+    return summary
 
 
 # The seconds a forward pass takes per image, per second a training step takes per image: scoring the held-out images
@@ -353,7 +357,8 @@ def images_still_scored(config: Config, run: Prepared) -> int:
 
 def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[str, Any] | None, show: Progress,
                      on_epoch_end: Callable[[int, dict[str, Any]], None] | None, wall_start: float,
-                     params: int, time_limit: float | None = None) -> dict[str, Any]:
+                     params: int, time_limit: float | None = None,
+                     time_plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run itself, in a folder held by :func:`hold_run_folder`: train (or go on training) the prepared net,
     then evaluate it, calibrate it where it has a validation split, and write its weights and summary once."""
     if saved is None and not (out_dir / "config.toml").is_file():
@@ -395,6 +400,8 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
     extra = {"epoch": str(state.epoch)} | ({"temperature": repr(calibration["temperature"])} if calibration else {})
     save_weights(model, config.model, out_dir / "model.safetensors", extra=extra)
     summary = run_summary(config, run, log.rows, final, calibration, state, params, round(wall(), 2), time_limit)
+    if time_plan is not None:
+        summary["time_plan"] = time_plan
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
     show.message(final_message(config, final, summary["wall_seconds"], out_dir))

@@ -1,0 +1,102 @@
+"""train --minutes: the choice from the measured front follows this machine's speed, and a time limit holds."""
+
+import json
+
+import pytest
+import torch
+
+from resbudget.cli import main
+from resbudget.train import train_run
+from resbudget.train.timed import MARGIN, TimeBudgetError, load_front, plan, probe_step_seconds
+from tests.conftest import tiny_config
+
+CPU = torch.device("cpu")
+STEP = 1.0  # seconds per step of the default recipe on a made-up machine (the default's run: ~4 minutes)
+
+
+def test_the_front_loads_and_every_point_is_a_recipe_measured_over_seeds():
+    points = load_front()
+    assert {p.name for p in points} >= {"default", "best"}
+    for p in points:
+        assert p.seeds >= 3 and p.measured and {"cpu", "cuda"} <= set(p.relative_time)
+        p.config()  # resolves
+
+
+def test_more_time_buys_a_more_accurate_recipe_and_each_is_predicted_to_fit():
+    chosen = []
+    for minutes in (2, 5, 15, 60):
+        config, record = plan(minutes, device=CPU, step_seconds=STEP)
+        assert record["predicted_seconds"] <= MARGIN * minutes * 60
+        assert record["epochs"] == config.train.epochs
+        chosen.append(record)
+    assert "no measured recipe fits" in chosen[0]["why"] and chosen[0]["epochs"] < 8  # cut to fit
+    assert chosen[1]["chosen"] == "default" and chosen[-1]["chosen"] == "best"
+    accuracy = [next(c["accuracy_tta"] for c in r["candidates"] if c["name"] == r["chosen"]) for r in chosen[1:]]
+    assert accuracy == sorted(accuracy) and accuracy[0] < accuracy[-1]
+
+
+def test_the_choice_follows_the_measured_speed_on_a_machine_twice_as_slow():
+    _, fast = plan(15, device=CPU, step_seconds=STEP)
+    _, slow = plan(15, device=CPU, step_seconds=2 * STEP)
+    assert fast["chosen"] != slow["chosen"] or fast["epochs"] > slow["epochs"]
+    assert slow["predicted_seconds"] <= MARGIN * 15 * 60
+    # the probe's own time is spent before the choice, and counted
+    _, probed = plan(15, device=CPU, probe=lambda device: 2 * STEP, elapsed=100.0)
+    assert probed["seconds_before_training"] >= 100.0 and probed["probe_step_seconds"] == 2 * STEP
+
+
+def test_a_parameter_budget_filters_the_front():
+    config, record = plan(600, device=CPU, step_seconds=STEP, budget=3_000_000)
+    assert record["chosen"] == "default" and record["params"] <= 3_000_000
+    with pytest.raises(TimeBudgetError, match="no recipe of the front has at most 1,000 parameters"):
+        plan(600, device=CPU, step_seconds=STEP, budget=1000)
+
+
+def test_the_probe_times_steps_of_a_net():
+    assert 0 < probe_step_seconds(CPU, steps=1, config=tiny_config()) < 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--minutes", "10", "best"], "--minutes chooses the recipe for the time: give no recipe"),
+    (["--minutes", "10", "--set", "train.epochs=3"], "--set may change only train.seed, train.device, not "
+                                                      "train.epochs"),
+    (["--budget", "1000000"], "--budget chooses among the recipes of --minutes"),
+    (["--minutes", "0"], "--minutes: must be between 0.1 and 100,000"),
+])
+def test_bad_time_budget_requests_are_refused_in_one_line(args, message, capsys):
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_run_under_a_time_limit_stops_between_steps_and_still_ends_cleanly(tmp_path, small_cifar):
+    """The limit holds whatever the plan predicted: 200 epochs of the tiny net cannot fit in 3 s."""
+    limit = 3.0
+    summary = train_run(tiny_config("train.epochs=200"), tmp_path / "run", data=small_cifar, progress=False,
+                        time_limit=limit)
+    assert summary["stopped"].startswith("time limit of 3 s: training stopped in epoch")
+    assert summary["wall_seconds"] <= 1.05 * limit and summary["time_limit"] == limit
+    assert summary["test_accuracy"] is not None and (tmp_path / "run" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) < 200 and not (tmp_path / "run" / "state.safetensors").exists()
+
+
+def test_train_minutes_from_the_command_line_ends_within_its_minutes(tmp_path, monkeypatch, capsys):
+    """The whole path on a made-up fast machine (its probe says 0.05 s a step): the plan cuts the default to fit
+    15 s, the run holds the limit on the real step times and records what it predicted beside what it took."""
+    from resbudget.data import BINARY, MANIFEST_ENV_VAR, synthetic_cifar10
+    from resbudget.train import timed
+    from tests.conftest import synthetic_manifest, write_binary_version
+
+    data = synthetic_cifar10(3000, 200)
+    root = tmp_path / "synthetic"
+    write_binary_version(data, root / BINARY.folder)
+    monkeypatch.setenv(MANIFEST_ENV_VAR, str(synthetic_manifest(root, 3000, 200)))
+    monkeypatch.setattr(timed, "probe_step_seconds", lambda device: 0.05)
+    assert main(["train", "--minutes", "0.25", "--data-dir", str(root), "--out", str(tmp_path / "run"), "--quiet",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    plan_ = summary["time_plan"]
+    assert plan_["chosen"] == "default" and plan_["probe_step_seconds"] == 0.05 and plan_["minutes"] == 0.25
+    assert summary["time_limit"] == 15.0 and summary["wall_seconds"] <= 1.05 * 15.0
+    assert summary["epochs"] == plan_["epochs"] and summary["test_accuracy_tta"] is not None
