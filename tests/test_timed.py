@@ -62,6 +62,7 @@ def test_the_probe_times_steps_of_a_net():
                                                       "train.epochs"),
     (["--budget", "1000000"], "--budget chooses among the recipes of --minutes"),
     (["--minutes", "0"], "--minutes: must be between 0.1 and 100,000"),
+    (["--minutes", "5", "--budget", "0.5k"], "no recipe of the front has at most 500 parameters"),  # before a probe
 ])
 def test_bad_time_budget_requests_are_refused_in_one_line(args, message, capsys):
     assert main(["train", *args]) == 2

@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=_number_in(0.1, 100_000, float), metavar="N",
                    help="the whole run ends within N minutes: the most accurate measured recipe this machine can "
                    "train in that time is chosen (give no recipe)")
-    s.add_argument("--budget", type=_number_in(1, MAX_PARAMS), metavar="PARAMS",
+    s.add_argument("--budget", type=parse_count, metavar="PARAMS",
                    help="with --minutes: only recipes with at most PARAMS parameters")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print the summary as JSON at the end")

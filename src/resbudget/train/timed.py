@@ -146,21 +146,21 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
     if device is None:
         device = select_device(load_config(None, overrides).train.device)
     kind = "cuda" if device.type == "cuda" else "cpu"
+    within = []  # the points within the parameter budget, before any time is spent on the probe
+    for point in load_front():
+        config = point.config(overrides)
+        params = check_spec(config.model, budget or config.train.budget, allow_over_budget=True)
+        if budget is None or params <= budget:
+            within.append((point, config, params))
+    if not within:
+        raise TimeBudgetError(f"no recipe of the front has at most {budget:,} parameters")
     start = time.perf_counter()
     if step_seconds is None:
         step_seconds = (probe or probe_step_seconds)(device)
     elapsed += time.perf_counter() - start
     default_seconds = default_run_seconds(step_seconds)
     left = minutes * 60 - elapsed
-    candidates = []
-    for point in load_front():
-        config = point.config(overrides)
-        params = check_spec(config.model, budget or config.train.budget, allow_over_budget=True)
-        if budget is not None and params > budget:
-            continue
-        candidates.append((point, config, params, predicted_seconds(point, config, kind, default_seconds)))
-    if not candidates:
-        raise TimeBudgetError(f"no recipe of the front has at most {budget:,} parameters")
+    candidates = [(p, c, n, predicted_seconds(p, c, kind, default_seconds)) for p, c, n in within]
     fitting = [c for c in candidates if c[3] <= MARGIN * left]
     record: dict[str, Any] = {
         "minutes": minutes, "device_kind": kind, "probe_step_seconds": round(step_seconds, 4),
