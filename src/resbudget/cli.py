@@ -140,7 +140,8 @@ def train_for_minutes(args: argparse.Namespace) -> int:
         print(f"--minutes {args.minutes:g}: {record['chosen']}, {record['epochs']} epochs, {record['params']:,} "
               f"params: {record['why']}; expected {record['expected_accuracy']}", flush=True)
     out = args.out or Path("runs") / f"minutes{args.minutes:g}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    summary = train_run(config, out, data_dir=args.data_dir, allow_over_budget=True, progress=not args.quiet,
+    summary = train_run(config, out, data_dir=args.data_dir, allow_over_budget=args.allow_over_budget,
+                        progress=not args.quiet,
                         time_limit=args.minutes * 60, started=args.started, time_plan=record)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

@@ -20,6 +20,12 @@ ECE_BINS = 15
 TEMPERATURE_RANGE = (0.01, 100.0)
 
 
+def temperature_in_range(temperature: float) -> bool:
+    """Whether ``temperature`` is one a net may carry: finite and within :data:`TEMPERATURE_RANGE`."""
+    low, high = TEMPERATURE_RANGE
+    return math.isfinite(temperature) and low <= temperature <= high
+
+
 def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
                         bins: int = ECE_BINS) -> dict[str, float]:
     """``nll``: mean negative log-likelihood of softmax(logits / T); ``ece``: the expected calibration error over
@@ -35,6 +41,14 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, temperature:
             ece += inside.double().mean() * (confidence[inside].mean() - correct[inside].mean()).abs()
     nll = F.nll_loss(probs.clamp_min(1e-300).log(), labels)
     return {"nll": float(nll), "ece": float(ece), "accuracy": float(correct.mean())}
+
+
+def before_and_after(logits: torch.Tensor, labels: torch.Tensor, temperature: float, split: str) -> dict[str, float]:
+    """NLL and ECE of the probabilities of ``logits`` on ``split`` ("val", "test") without and with ``temperature``:
+    ``{split}_nll``, ``{split}_ece``, ``{split}_nll_calibrated``, ``{split}_ece_calibrated``."""
+    before, after = calibration_metrics(logits, labels), calibration_metrics(logits, labels, temperature)
+    return {f"{split}_nll": before["nll"], f"{split}_ece": before["ece"], f"{split}_nll_calibrated": after["nll"],
+            f"{split}_ece_calibrated": after["ece"]}
 
 
 COVERAGES = (0.5, 0.8, 0.9)

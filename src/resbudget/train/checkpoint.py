@@ -8,7 +8,6 @@ under a generated key, and the structure as JSON (with references to those keys)
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from torch import nn
 
 from .._io import MAX_BYTES, atomic_path, parse_json, read_json, regular_file
 from ..models import DEFAULT_BUDGET, ModelSpec, ResNet, SpecError, build_model, check_spec
-from .calibration import TEMPERATURE_RANGE
+from .calibration import TEMPERATURE_RANGE, temperature_in_range
 
 FORMAT = "resbudget-weights-v1"
 _PREFIXES = ("_orig_mod.", "module.")
@@ -89,10 +88,10 @@ def temperature_of(path: str | os.PathLike) -> float:
         temperature = float(metadata.get("temperature", 1.0))
     except ValueError:
         raise CheckpointError(f"{path}: its temperature {metadata['temperature']!r:.40} is not a number") from None
-    low, high = TEMPERATURE_RANGE
-    if not (math.isfinite(temperature) and low <= temperature <= high):
-        raise CheckpointError(f"{path}: its temperature {temperature:g} is outside the range {low:g} to {high:g} a "
-                              "calibrated net can have; the file is damaged, or was not written by resbudget")
+    if not temperature_in_range(temperature):
+        raise CheckpointError(f"{path}: its temperature {temperature:g} is outside the range "
+                              "{:g} to {:g} a calibrated net can have; the file is damaged, or was not written by "
+                              "resbudget".format(*TEMPERATURE_RANGE))
     return temperature
 
 

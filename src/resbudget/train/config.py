@@ -26,7 +26,7 @@ from .._types import coerce, key_text
 from ..compat import ADDED_KEYS, MOVED_KEYS, REMOVED_KEYS, RENAMED_RECIPES, renamed_file
 from ..models import ModelSpec, SpecError, get_preset
 from ..models.budget import DEFAULT_BUDGET, MAX_PARAMS
-from .calibration import TEMPERATURE_RANGE
+from .calibration import TEMPERATURE_RANGE, temperature_in_range
 
 BASES_DIR = Path(__file__).resolve().parent / "bases"
 DEFAULTS = BASES_DIR / "default.toml"  # the base "default": never a file, the defaults are the dataclasses below
@@ -220,10 +220,9 @@ class Config:
             raise ConfigError(f"train.drop_easy must be a fraction in [0, 1), got {t.drop_easy}")
         if not 0.0 <= t.ema < 1.0:
             raise ConfigError(f"train.ema must be a decay per step in [0, 1) (0 = no average), got {t.ema}")
-        low, high = TEMPERATURE_RANGE
-        if t.temperature != 0 and not low <= t.temperature <= high:
-            raise ConfigError(f"train.temperature must be 0 (none) or between {low:g} and {high:g}, got "
-                              f"{t.temperature}")
+        if t.temperature != 0 and not temperature_in_range(t.temperature):
+            raise ConfigError("train.temperature must be 0 (none) or between {:g} and {:g}, got {}".format(
+                *TEMPERATURE_RANGE, t.temperature))
         if not 0.0 <= t.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
         if self.optim.lr <= 0 or not math.isfinite(self.optim.lr):

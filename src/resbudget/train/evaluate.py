@@ -17,7 +17,7 @@ from .._io import read_toml
 from ..data import CIFAR10, Split, load_cifar10, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
-from .calibration import accuracy_at_coverage, calibration_metrics, reliability
+from .calibration import accuracy_at_coverage, before_and_after, calibration_metrics, reliability
 from .checkpoint import load_model, read_summary, temperature_of, weights_path
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
 from .tta import mode_of_views, tta_view_logits
@@ -152,15 +152,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
     logits = views.mean(0)  # what predict scores
     temperature = 1.0 if is_ensemble_model else temperature_of(path)
     alone = calibration_metrics(views[0], test.labels)
-    plain = calibration_metrics(logits, test.labels)
-    scaled = calibration_metrics(logits, test.labels, temperature)
+    tta_accuracy = float((logits.argmax(1) == test.labels).double().mean())
     result = {"checkpoint": str(path), "test_accuracy": alone["accuracy"], "test_loss": alone["nll"],
-              "test_accuracy_tta": plain["accuracy"] if tta != "none" else None, "tta": tta,
+              "test_accuracy_tta": tta_accuracy if tta != "none" else None, "tta": tta,
               "views": len(views), "params": count_params(model), "images": len(data.test),
               "precision": opts["precision"], "device": str(dev), "notes": [],
-              "calibration": {"temperature": temperature, "views": len(views), "test_nll": plain["nll"],
-                              "test_ece": plain["ece"], "test_nll_calibrated": scaled["nll"],
-                              "test_ece_calibrated": scaled["ece"],
+              "calibration": {"temperature": temperature, "views": len(views),
+                              **before_and_after(logits, test.labels, temperature, "test"),
                               "accuracy_at_coverage": accuracy_at_coverage(logits, test.labels),
                               "reliability": reliability(logits, test.labels, temperature)}}
     if corruptions:

@@ -30,7 +30,7 @@ from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
 from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
-from .calibration import TEMPERATURE_RANGE, calibration_metrics, fit_temperature
+from .calibration import TEMPERATURE_RANGE, before_and_after, calibration_metrics, fit_temperature, temperature_in_range
 from .checkpoint import (
     CheckpointError,
     load_state,
@@ -280,7 +280,7 @@ def final_evaluation(model: ResNet, config: Config, held_out: Split, which: str)
         torch.cuda.synchronize(held_out.images.device)
     seconds = time.perf_counter() - start
     alone, logits = calibration_metrics(views[0], held_out.labels), views.mean(0)
-    tta = calibration_metrics(logits, held_out.labels)["accuracy"] if config.train.tta != "none" else None
+    tta = float((logits.argmax(1) == held_out.labels).double().mean()) if config.train.tta != "none" else None
     return {"split": which, "loss": alone["nll"], "accuracy": alone["accuracy"], "accuracy_tta": tta,
             "seconds": seconds, "logits": logits, "labels": held_out.labels}
 
@@ -332,9 +332,8 @@ def train_run(
             return read_summary(out_dir / "summary.json")
         saved = load_state(state_path) if resume and state_path.is_file() else None
         run = prepare_run(config, data if data is not None else data_dir, device, use_test)
-        summary = _train_in_folder(config, out_dir, run, saved, show, on_epoch_end, wall_start, params, time_limit,
-                                   time_plan)
-    return summary
+        return _train_in_folder(config, out_dir, run, saved, show, on_epoch_end, wall_start, params, time_limit,
+                                time_plan)
 
 
 # The seconds a forward pass takes per image, per second a training step takes per image: scoring the held-out images
@@ -486,17 +485,9 @@ def run_calibration(model: ResNet, t: TrainConfig, val: Split | None, final: dic
         calibration = {"temperature": t.temperature, "source": RECIPE_SOURCE}
     else:
         return None
-    if final["split"] == "test":
-        calibration |= test_calibration(final["logits"], final["labels"], calibration["temperature"])
+    if final["split"] == "test":  # what the temperature is worth on the test set, reported only
+        calibration |= before_and_after(final["logits"], final["labels"], calibration["temperature"], "test")
     return calibration
-
-
-def test_calibration(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, float]:
-    """NLL and 15-bin ECE on the test set of the probabilities every command gives, without and with ``temperature``:
-    what the temperature is worth, reported only."""
-    before, after = calibration_metrics(logits, labels), calibration_metrics(logits, labels, temperature)
-    return {"test_nll": before["nll"], "test_ece": before["ece"], "test_nll_calibrated": after["nll"],
-            "test_ece_calibrated": after["ece"]}
 
 
 def fit_and_report(model: ResNet, val: Split, t: TrainConfig) -> dict[str, Any]:
@@ -504,10 +495,8 @@ def fit_and_report(model: ResNet, val: Split, t: TrainConfig) -> dict[str, Any]:
     probabilities every command gives: the mean logits over the run's TTA views, scored as the run scores."""
     logits = view_logits(model, val, tta=t.tta, **eval_options(t)).mean(0)
     temperature = fit_temperature(logits, val.labels)
-    before, after = calibration_metrics(logits, val.labels), calibration_metrics(logits, val.labels, temperature)
     return {"temperature": temperature, "source": f"validation split ({len(val):,} images, {t.tta} TTA)",
-            "val_images": len(val), "val_nll": before["nll"], "val_ece": before["ece"],
-            "val_nll_calibrated": after["nll"], "val_ece_calibrated": after["ece"]}
+            "val_images": len(val), **before_and_after(logits, val.labels, temperature, "val")}
 
 
 def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
@@ -523,10 +512,9 @@ def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run folder")
-    if temperature is not None:
-        low, high = TEMPERATURE_RANGE
-        if not (math.isfinite(temperature) and low <= temperature <= high):
-            raise CheckpointError(f"--temperature must be between {low:g} and {high:g}, got {temperature:g}")
+    if temperature is not None and not temperature_in_range(temperature):
+        raise CheckpointError("--temperature must be between {:g} and {:g}, got {:g}".format(*TEMPERATURE_RANGE,
+                                                                                              temperature))
     with lock_run_folder(run_dir):
         weights = weights_path(run_dir, allow_unfinished)
         config = config_from_dict(read_toml(run_dir / "config.toml", CheckpointError), stored=True)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .._io import read_toml
 from ..models import check_spec
-from .config import Config, ConfigError, load_config, scale_epochs
+from .config import Config, ConfigError, load_config, parse_override, scale_epochs
 from .evaluate import select_device
 from .fit import images_kept
 from .optim import make_optimizer
@@ -32,7 +32,6 @@ from .step import TrainStep
 FRONT = Path(__file__).resolve().parent / "front.toml"
 MARGIN = 0.9  # a point is chosen if its predicted run takes at most this fraction of the time left
 TRAIN_IMAGES = 50_000
-TEST_IMAGES = 10_000
 EVAL_SHARE = 0.07  # the default's final evaluation (4 TTA views of the test set) against its training steps (CPU)
 OVERHEAD_SECONDS = 5.0  # loading the data, whitening, writing the results
 PROBE_STEPS = 2  # timed steps of the default net, after the warm-up ones (a CUDA graph's capture among them)
@@ -139,7 +138,7 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
     if not (minutes > 0 and math.isfinite(minutes)):
         raise TimeBudgetError(f"--minutes must be a positive number, got {minutes}")
     for text in overrides:
-        key = text.split("=", 1)[0].strip()
+        key, _ = parse_override(text)
         if key not in FREE_KEYS:
             raise TimeBudgetError(f"--minutes chooses the recipe for the time: --set may change only "
                                   f"{', '.join(FREE_KEYS)}, not {key}")
