@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Prepared calls for a lent GPU (issues #14 and #16): one step per `run` call of the device tool, while the machine
-# stays warm. The dataset travels in three parts, one per call, each carried as its own top-level ignored folder; the
-# device image lacks tomli_w, which travels as a wheel in .whl (carry it in every call).
+# Prepared calls for a lent GPU: one `run` call of the device tool per line below, while the machine stays warm. A
+# call may name several steps (`bash benchmarks/gpu_plan.sh part speed`). The dataset travels in three parts, one per
+# call, each carried as its own top-level ignored folder; the device image lacks tomli_w, which travels as a wheel in
+# .whl (carry it in every call).
 #
 #   bash benchmarks/gpu_plan.sh prepare       # HERE, not on the device: the parts into .dd0 .dd1 .dd2, tomli_w into .whl
-#   bash benchmarks/gpu_plan.sh part          # calls 1-3, carry [".ddN", ".whl"]: keeps the part in /root/parts;
-#                                             # after the third, reassembles /root/data and checks the sha256 sums
-#   bash benchmarks/gpu_plan.sh graph         # issue #16, first: tests/test_step.py on the GPU (the captured step
-#                                             # against the eager one), then the recipes over 5 seeds with the step
-#                                             # captured, and the same with the code before it (carry .before, made
-#                                             # by `prepare`) in the same call: time per step before and after
-#   bash benchmarks/gpu_plan.sh best          # issue #14: toward 96.5% within 5M in <= 10 min (one call, <= 9 min)
-#   bash benchmarks/gpu_plan.sh study100      # issue #14: the study's runs at its own 100 epochs (call it again
-#                                             # until they are done: it resumes them)
+#   bash benchmarks/gpu_plan.sh part          # calls 1-3, carry [".ddN", ".whl", ".campaign"]: keeps the part in
+#                                             # /root/parts; after the third, reassembles /root/data, checks the sums
+#   bash benchmarks/gpu_plan.sh speed         # no dataset needed (fits call 1 or 2): tests/test_step.py on the GPU,
+#                                             # then the default and gpu-94 on synthetic data of CIFAR-10's shapes,
+#                                             # the step recorded and eager in turn: ms/step, images/s, graph/eager
+#   bash benchmarks/gpu_plan.sh graph         # the recipes over 5 seeds on the real data, recorded and eager in
+#                                             # turn: accuracies within the seed spread, time per step of each
+#   bash benchmarks/gpu_plan.sh best          # toward 96.5% within 5M in <= 10 min (one call, <= 9 min)
+#   bash benchmarks/gpu_plan.sh study100      # the study's runs at its own 100 epochs (call it again until they are
+#                                             # done: it resumes them)
 #   bash benchmarks/gpu_plan.sh baseline      # today's recipes over 5 seeds on this host
 #
-# Every step writes its log and JSON under $OUT (the device tool brings that folder back) and prints the GPU, the
-# host CPU and the torch version first. Run from the repository root.
+# Resuming over slots: a fresh machine loses /root. Every step writes its log and JSON under $OUT (the device tool
+# brings that folder back), and the finished runs of study100 under $OUT/campaign. Before the next call, copy the
+# fetched campaign folder to ./.campaign and carry it: the step starts from it and redoes only what is missing.
+# Every step prints the GPU, the host CPU and the torch version first. Run from the repository root.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 DATA=/root/data
@@ -26,7 +30,9 @@ if [ "${1:-}" != prepare ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=src:/tmp/site
 fi
-BEFORE=8ba30d2  # the last commit whose training step ran eagerly on a GPU (issue #16's "before")
+CAMPAIGN=/root/campaign  # what earlier slots finished (carried in as .campaign), and what this one adds
+mkdir -p "$CAMPAIGN"
+if [ "${1:-}" != prepare ] && [ -d .campaign ]; then cp -rn .campaign/. "$CAMPAIGN/"; fi
 
 machine() {
   python3 - <<'PY'
@@ -37,14 +43,20 @@ print(f"GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no
 PY
 }
 
-case "${1:-}" in
+[ $# -gt 0 ] || { sed -n 2,25p "$0"; exit 2; }
+for step in "$@"; do
+case "$step" in
   prepare)
     for i in 0 1 2; do rm -rf ".dd$i"; done
     tmp=$(mktemp -d) && bash ../shared/tools/split-cifar10.sh "$tmp" 59 >/dev/null
     i=0; for f in "$tmp"/cifar10.tar.part-*; do mkdir -p ".dd$i" && mv "$f" ".dd$i/"; i=$((i + 1)); done; rm -rf "$tmp"
     rm -rf .whl && python3 -m pip download -q --no-deps --only-binary=:all: -d .whl tomli_w==1.2.0
-    rm -rf .before && mkdir .before && git archive "$BEFORE" src | tar -x -C .before
-    du -sh .dd0 .dd1 .dd2 .whl .before ;;
+    du -sh .dd0 .dd1 .dd2 .whl ;;
+  speed)
+    machine | tee "$OUT/speed.log"
+    python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_muon.py 2>&1 | tee -a "$OUT/speed.log"
+    python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml --synthetic 50000 --seeds 2 \
+      --step both --deadline 200 --out "$OUT/speed" 2>&1 | tee -a "$OUT/speed.log" ;;
   part)
     mkdir -p /root/parts
     for d in .dd*; do [ -d "$d" ] && cp -n "$d"/cifar10.tar.part-* /root/parts/ 2>/dev/null || true; done
@@ -69,30 +81,30 @@ case "${1:-}" in
   study100)
     # At the study's batch of 128 a 100-epoch run is ~39,000 steps (minutes each on a launch-bound GPU), so this step
     # stops itself before the call's limit and is called again: `resbudget study` resumes every run where it stopped.
-    # The runs live in /root/study100 (kept while the machine stays warm); each call copies back what is finished.
+    # The runs live in $CAMPAIGN/study100 (kept while the machine stays warm, carried in as .campaign after it went
+    # back). Three workers share the GPU where optuna is importable (carry its wheels in .whl), else one.
     machine | tee "$OUT/study100.log"
     timeout 480 python3 -m resbudget study paper --only shallow-plateau arch-narrow arch-deeper-plateau \
-      --data-dir "$DATA" --out /root/study100 --quiet 2>&1 | tee -a "$OUT/study100.log" || true
-    if [ "$(find /root/study100 -name summary.json | wc -l)" -ge 3 ]; then  # then the 5 x <1M ensemble, resumably
-      timeout $((520 - SECONDS)) python3 -m resbudget ensemble train ens5-1m --data-dir "$DATA" --out /root/study100/ens5-1m \
-        --quiet --json 2>&1 | tee -a "$OUT/study100.log" || true
+      --data-dir "$DATA" --out "$CAMPAIGN/study100" --jobs "$(python3 -c 'import optuna' 2>/dev/null && echo 3 || echo 1)" --quiet 2>&1 | tee -a "$OUT/study100.log" || true
+    if [ "$(find "$CAMPAIGN/study100" -name summary.json | wc -l)" -ge 3 ]; then  # then the 5 x <1M ensemble
+      timeout $((520 - SECONDS)) python3 -m resbudget ensemble train ens5-1m --data-dir "$DATA" \
+        --out "$CAMPAIGN/study100/ens5-1m" --quiet --json 2>&1 | tee -a "$OUT/study100.log" || true
     fi
-    python3 -m resbudget report /root/study100 --out "$OUT/study100-report" 2>&1 | tail -30 | tee -a "$OUT/study100.log" || true
-    (cd /root && find study100 \( -name summary.json -o -name metrics.csv -o -name config.toml -o -name ensemble.json \) \
-      -print0 | xargs -0 -r tar -czf "$OUT/study100-runs.tgz") ;;
+    python3 -m resbudget report "$CAMPAIGN/study100" --out "$OUT/study100-report" 2>&1 | tail -30 \
+      | tee -a "$OUT/study100.log" || true
+    # the finished runs, small files only (a finished run is skipped from its summary): the next slot's .campaign
+    (cd "$CAMPAIGN" && find study100 -name summary.json -printf '%h\n' | while read -r d; do
+      mkdir -p "$OUT/campaign/$d"; cp "$d"/summary.json "$d"/config.toml "$d"/metrics.* "$OUT/campaign/$d/" 2>/dev/null
+    done) || true ;;
   graph)
     machine | tee "$OUT/graph.log"
-    python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_muon.py 2>&1 | tee -a "$OUT/graph.log"
-    R="default benchmarks/recipes/gpu-94.toml best"
-    python3 benchmarks/gpu_time_to_accuracy.py $R --data-dir "$DATA" --seeds 5 --deadline 250 --out "$OUT/after" \
-      2>&1 | tee -a "$OUT/graph.log"
-    # before: the same harness (today's) over the code of $BEFORE, whose step runs eagerly; same machine, same call
-    PYTHONPATH=.before/src:${PYTHONPATH#src:} python3 benchmarks/gpu_time_to_accuracy.py $R --data-dir "$DATA" \
-      --seeds 5 --deadline 230 --out "$OUT/before" 2>&1 | tee -a "$OUT/graph.log" ;;
+    python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml --data-dir "$DATA" --seeds 5 \
+      --step both --deadline 400 --out "$OUT/graph" 2>&1 | tee -a "$OUT/graph.log" ;;
   baseline)
     machine | tee "$OUT/baseline.log"
     python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml best \
       --data-dir "$DATA" --seeds 5 --deadline 400 --out "$OUT/baseline" 2>&1 | tee -a "$OUT/baseline.log" ;;
   *)
-    sed -n 2,21p "$0"; exit 2 ;;
+    sed -n 2,25p "$0"; exit 2 ;;
 esac
+done

@@ -1,7 +1,7 @@
 """Time to accuracy on one GPU: recipes over seeds with the data already on the device, warm, as GPU records are timed.
 
 Usage: python benchmarks/gpu_time_to_accuracy.py [RECIPE ...] --data-dir DIR [--seeds 3] [--out runs/gpu]
-       [--deadline SECONDS] [--synthetic N] [--epochs N]
+       [--deadline SECONDS] [--synthetic N] [--epochs N] [--step graph|eager|both]
 RECIPE: a name from benchmarks/gpu_recipes.toml, a named recipe (best), a config file
 (benchmarks/recipes/gpu-94.toml), or NAME=OVERRIDE;OVERRIDE;...
 (``--set`` overrides of the default recipe).
@@ -20,12 +20,16 @@ starts CUDA and tunes cuDNN's kernels, as the published GPU records do. Per run 
 and final-epoch test accuracy with and without TTA, as mean ± std over seeds.
 --deadline stops starting runs that would end after that many seconds from the start (the last run's time of the
 same recipe is the estimate), so a fixed lease is spent on the most important recipes first.
---synthetic N trains on N synthetic images (no data needed): it checks the code paths and the speed, not the accuracy.
+--synthetic N trains on N synthetic images (no data needed; 50000 gives CIFAR-10's shapes and steps): it checks the
+code paths and the speed, not the accuracy, so a GPU that has not received the dataset yet can already be timed.
+--step eager runs the training step eagerly where it would be recorded as a CUDA graph; --step both runs every recipe
+both ways, one after the other in this process (rows NAME and NAME+eager): graph against eager on one host.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -38,6 +42,7 @@ import torch
 from resbudget.data import CIFAR10, DataError, load_cifar10, synthetic_cifar10
 from resbudget.models import build_model, count_macs, count_params
 from resbudget.train import RunFolderError, TrainingError, host_cpu, load_config, select_device, train_run
+from resbudget.train import step as step_module
 from resbudget.train.config import ConfigError, named_recipes
 
 RECIPES: dict[str, list[str]] = tomllib.loads((Path(__file__).parent / "gpu_recipes.toml").read_text())
@@ -81,6 +86,20 @@ def trained_images(run_dir: Path) -> float:
     return sum(r["images_per_s"] * r["train_seconds"] for r in rows)
 
 
+@contextlib.contextmanager
+def step_mode(mode: str):
+    """The training step as ``mode`` says: ``graph`` (recorded where train/step.py records it) or ``eager``."""
+    if mode == "graph":
+        yield
+        return
+    recorded = step_module.records
+    step_module.records = lambda device, optimizer: False
+    try:
+        yield
+    finally:
+        step_module.records = recorded
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -96,6 +115,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="override every recipe's epochs (a quick check)")
     p.add_argument("--deadline", type=float, default=0.0)
     p.add_argument("--out", type=Path, default=Path("runs/gpu"))
+    p.add_argument("--step", choices=("graph", "eager", "both"), default="graph",
+                   help="the training step recorded as a CUDA graph (where it is), eager, or each recipe both ways")
     a = p.parse_args()
     if a.out.exists() and any(a.out.iterdir()):
         raise SystemExit(f"{a.out} already holds results: pass a new --out (timings are not resumed)")
@@ -136,7 +157,10 @@ def main() -> None:
     print(f"warm-up run (2 epochs of {recipes[0][0]}, not counted): {time.perf_counter() - t0:.2f} s", flush=True)
 
     results = []
-    for rname, source, overrides in recipes:
+    modes = ("graph", "eager") if a.step == "both" else (a.step,)
+    for (rname, source, overrides), mode in ((r, m) for r in recipes for m in modes):
+        if mode == "eager" and a.step == "both":
+            rname += "+eager"
         config = configure(source, overrides, 0, a.epochs)
         params, macs = count_params(build_model(config.model)), count_macs(config.model)
         runs, estimate = [], 0.0
@@ -146,7 +170,8 @@ def main() -> None:
                 continue
             run_dir = a.out / rname / f"seed{seed}"
             t0 = time.perf_counter()
-            s = train_run(configure(source, overrides, seed, a.epochs), run_dir, data=data, progress=False)
+            with step_mode(mode):
+                s = train_run(configure(source, overrides, seed, a.epochs), run_dir, data=data, progress=False)
             run_s = time.perf_counter() - t0
             estimate = run_s
             images = trained_images(run_dir)
@@ -158,15 +183,18 @@ def main() -> None:
                  "ms_per_step": 1000 * s["train_seconds"] / round(images / config.train.batch_size),
                  "peak_share": 6 * macs * images / s["train_seconds"] / (peak * 1e12),
                  # absent from the summaries of code before the captured step
-                 "captures": s.get("graph_captures", 0), "capture_s": s.get("capture_seconds", 0.0)}
+                 "captures": s.get("graph_captures", 0), "capture_s": s.get("capture_seconds", 0.0),
+                 "graph_fallback": s.get("graph_fallback")}
             runs.append(r)
             tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""
             graph = f", {r['captures']} graph captures in {r['capture_s']:.3f} s" if r["captures"] else ""
+            if r["graph_fallback"]:
+                graph += f", recording failed ({r['graph_fallback']}): eager"
             print(f"  {rname} seed {seed}: {r['test']:.2f}%{tta}, airbench {r['airbench_s']:.2f} s, train "
                   f"{r['train_s']:.2f} s, run {run_s:.2f} s, {r['images_per_s']:.0f} img/s, "
                   f"{r['ms_per_step']:.2f} ms/step, {100 * r['peak_share']:.1f}% of the bf16 peak{graph}", flush=True)
-        results.append({"recipe": rname, "config": source, "overrides": overrides, "params": params, "macs": macs,
-                        "epochs": config.train.epochs, "tta": config.train.tta, "runs": runs})
+        results.append({"recipe": rname, "step": mode, "config": source, "overrides": overrides, "params": params,
+                        "macs": macs, "epochs": config.train.epochs, "tta": config.train.tta, "runs": runs})
 
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench.json").write_text(json.dumps({"device": name, "host_cpu": host_cpu(), "torch": torch.__version__,

@@ -477,3 +477,20 @@ def test_a_failing_trial_is_one_line_and_the_search_goes_on(tmp_path, tiny_space
     assert study.trials[0].state.name == "FAIL"
     out = capsys.readouterr()
     assert "trial   0  failed: RuntimeError: out of memory second line" in out.out and "Traceback" not in out.err
+
+
+def test_jobs_draws_the_trials_with_several_workers_on_this_machine(tmp_path, synthetic_dir):
+    import subprocess
+
+    from tests.conftest import cli_in_child
+
+    space = tmp_path / "space.toml"
+    space.write_text(TINY_SPACE)
+    argv = ["search", "local", "--jobs", "2", "--trials", "4", "--space", str(space), "--val-size", "100",
+            "--heartbeat", "1", "--out", str(tmp_path / "s"), "--data-dir", str(synthetic_dir)]
+    done = subprocess.run(cli_in_child(argv), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="local", storage=default_storage(tmp_path / "s")).get_trials(deepcopy=False)
+    assert sum(trained(t) for t in trials) == 4
+    assert len({t.user_attrs.get("pid") for t in trials if t.user_attrs.get("pid")}) == 2  # both workers drew
+    assert "trial" in (tmp_path / "s" / "workers" / "worker-2.log").read_text()

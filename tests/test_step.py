@@ -13,7 +13,7 @@ from resbudget.models.prepare import train_stem_bias_
 from resbudget.train import load_config
 from resbudget.train.optim import make_optimizer, set_lr
 from resbudget.train.run import initial_model
-from resbudget.train.step import WARMUP_STEPS, TrainStep
+from resbudget.train.step import WARMUP_STEPS, TrainStep, records
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
@@ -125,3 +125,145 @@ def test_the_captured_step_reads_the_lr_the_schedule_writes():
     before = model.classifier.weight.detach().clone()
     step(*data[-1])
     assert torch.equal(model.classifier.weight.detach(), before)
+
+
+class StandInRecorder:
+    """A CPU stand-in for :class:`CudaRecorder` with a graph's contract: a recording does not train (the step's
+    effects are undone), it fixes the tensors the step reads (a replay checks they are the same objects and
+    storage: parameters, buffers, optimiser state, the lr tensors) and the tensors it returns (a replay writes into
+    them). ``fail`` makes every recording raise, as an op that cannot be captured does."""
+
+    def __init__(self, model, optimizer, fail: str | None = None):
+        self.model, self.optimizer, self.fail = model, optimizer, fail
+        self.calls: list[str] = []
+
+    def _read(self):
+        opt_state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        lrs = [g["lr"] for g in self.optimizer.param_groups if torch.is_tensor(g["lr"])]
+        return [*self.model.parameters(), *self.model.buffers(), *opt_state, *lrs]
+
+    def warm(self, run):
+        self.calls.append("warm")
+        return run()
+
+    def record(self, run):
+        self.calls.append("record")
+        if self.fail:
+            raise RuntimeError(self.fail)
+        read = self._read()
+        saved = [t.detach().clone() for t in read]
+        out = tuple(t.detach().clone() for t in run())
+        with torch.no_grad():
+            for t, s in zip(read, saved):
+                t.copy_(s)
+        return (run, [(t, t.data_ptr()) for t in read], out), out
+
+    def replay(self, graph):
+        self.calls.append("replay")
+        run, read, out = graph
+        now = self._read()
+        assert len(now) == len(read) and all(a is b and a.data_ptr() == p for a, (b, p) in zip(now, read)), (
+            "a tensor the recording read was replaced: a graph would read the old one")
+        self.optimizer.zero_grad(set_to_none=True)  # a replayed backward writes the gradients afresh
+        new_out = run()
+        with torch.no_grad():
+            for mine, new in zip(out, new_out):
+                mine.copy_(new)
+
+
+def recorded_train(config, model, data, *, stem_bias_until=None, fail=None):
+    """:func:`train` with the step recorded by a :class:`StandInRecorder`; returns the losses, step and recorder."""
+    made = {}
+
+    class RecordedStep(TrainStep):
+        def __init__(self, model, optimizer, criterion, **kwargs):
+            recorder = made["recorder"] = StandInRecorder(model, optimizer, fail)
+            super().__init__(model, optimizer, criterion, recorder=recorder, say=made.setdefault("said", []).append,
+                             **kwargs)
+
+    losses, step = train(config, model, data, stem_bias_until=stem_bias_until, step_class=RecordedStep)
+    return losses, step, made["recorder"], made["said"]
+
+
+def test_the_recorded_step_trains_as_the_eager_step_and_records_again_when_the_trained_tensors_change():
+    config = small_default()
+    start = initial_model(config).to(memory_format=torch.channels_last)
+    data = batches(2 * WARMUP_STEPS + 6)
+    eager, recorded = copy.deepcopy(start), copy.deepcopy(start)
+    until = WARMUP_STEPS + 3
+    eager_losses, _ = train(config, eager, data, stem_bias_until=until)
+    losses, step, recorder, said = recorded_train(config, recorded, data, stem_bias_until=until)
+    assert step.graphed and step.captures == 2 and step.fallback is None and said == []
+    # warm-up, a recording, replays; then the stem bias stops training: warm-up again, a second recording
+    assert recorder.calls == (["warm"] * WARMUP_STEPS + ["record"] + ["replay"] * 3
+                              + ["warm"] * WARMUP_STEPS + ["record"] + ["replay"] * (len(data) - until - WARMUP_STEPS))
+    # the same operations on the same numbers: a replay that read a stale batch, lr or gradient would differ
+    assert losses == eager_losses
+    for (name, a), b in zip(recorded.state_dict().items(), eager.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_replay_returns_the_recorded_tensors_overwritten():
+    config = small_default()
+    model = initial_model(config).to(memory_format=torch.channels_last)
+    opt = make_optimizer(config, model)
+    step = TrainStep(model, opt, nn.CrossEntropyLoss(reduction="none"), precision="bf16",
+                     recorder=StandInRecorder(model, opt))
+    outs, losses = [], []
+    for x, y in batches(WARMUP_STEPS + 3):
+        outs.append(step(x, y))
+        losses.append(outs[-1][0].clone())  # read before the next step, as the loop reads them
+    first, second = outs[WARMUP_STEPS + 1], outs[WARMUP_STEPS + 2]
+    assert all(a is b for a, b in zip(first, second))  # the same tensors, rewritten by each replay
+    assert not torch.equal(losses[WARMUP_STEPS + 1], losses[WARMUP_STEPS + 2])  # with each step's own values
+
+
+def test_a_recording_that_fails_says_so_once_and_training_goes_on_eagerly_losing_no_batch():
+    config = small_default()
+    start = initial_model(config).to(memory_format=torch.channels_last)
+    data = batches(WARMUP_STEPS + 4)
+    eager, recorded = copy.deepcopy(start), copy.deepcopy(start)
+    eager_losses, _ = train(config, eager, data)
+    losses, step, recorder, said = recorded_train(
+        config, recorded, data, fail="operation not permitted when stream is capturing\n(traceback detail)")
+    assert not step.graphed and step.captures == 0 and recorder.calls == ["warm"] * WARMUP_STEPS + ["record"]
+    assert step.fallback == "RuntimeError: operation not permitted when stream is capturing"
+    assert said == ["recording the training step as a CUDA graph failed (RuntimeError: operation not permitted when "
+                    "stream is capturing); training on eagerly"]
+    assert losses == eager_losses  # the batch whose recording failed was trained on, eagerly
+    for (name, a), b in zip(recorded.state_dict().items(), eager.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_only_a_gpu_step_with_a_tensor_lr_is_recorded():
+    model = initial_model(small_default())
+    muon = make_optimizer(small_default(), model)
+    sgd = make_optimizer(small_default("optim.name=sgd", "optim.lr=0.1"), model)
+    assert records(torch.device("cuda"), muon) and records(torch.device("cuda", 0), muon)
+    assert not records(torch.device("cpu"), muon) and not records(torch.device("cuda"), sgd)
+    assert not TrainStep(model, muon, nn.CrossEntropyLoss(), precision="bf16").graphed  # on a CPU
+
+
+def test_a_run_whose_recording_fails_ends_normally_and_its_summary_says_why(small_cifar, tmp_path, monkeypatch, capsys):
+    from resbudget.train import step as step_module
+    from resbudget.train import train_run
+
+    class Failing:
+        def __init__(self, device):
+            pass
+
+        def warm(self, run):
+            return run()
+
+        def record(self, run):
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(step_module, "records", lambda device, optimizer: True)
+    monkeypatch.setattr(step_module, "CudaRecorder", Failing)
+    config = small_default("train.epochs=2", "train.batch_size=64", "train.tta=none")
+    summary = train_run(config, tmp_path / "run", data=small_cifar, progress=False)
+    assert summary["step_graph"] is False and summary["graph_captures"] == 0
+    assert summary["graph_fallback"] == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+    err = capsys.readouterr().err
+    assert err.count("warning: recording the training step as a CUDA graph failed") == 1
+    assert "Traceback" not in err and (tmp_path / "run" / "model.safetensors").exists()

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,51 @@ def test_a_shared_study_runs_each_job_once_over_its_workers(tmp_path, synthetic_
     again = subprocess.run(cli_in_child([*argv, "--out", str(tmp_path / "w2")]),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and not list((tmp_path / "w2").glob("*/seed*"))
+
+
+def test_jobs_runs_each_job_once_on_this_machine_and_a_killed_workers_run_is_redone(tmp_path, synthetic_dir):
+    """``study --jobs 2``: one command, two workers on one SQLite queue in the study's folder; the second worker is
+    killed in the middle of a run, which the first redoes once its heartbeat is silent."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import cli_in_child
+
+    study = _tiny_study(tmp_path / "s", names=("a", "b", "c"))
+    out = tmp_path / "out"
+    argv = ["study", str(study), "--epochs", "4", "--seeds", "2", "--jobs", "2", "--heartbeat", "1",
+            "--data-dir", str(synthetic_dir), "--out", str(out)]
+    command = subprocess.Popen(cli_in_child(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, pid_file = out / "workers" / "worker-2.log", out / "workers" / "worker-2.pid"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and " -> " in log.read_text()):
+        time.sleep(0.02)
+    taken = log.read_text().split(" -> ")[1].split()[0]  # the run folder the second worker is training
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    stdout, stderr = command.communicate(timeout=300)
+    assert command.returncode == 0, stderr
+    assert "2 workers on this machine" in stderr and "warning: worker 2 was killed (signal 9)" in stderr
+    done = sorted(p.parent.relative_to(out).as_posix() for p in out.glob("*/seed*/summary.json"))
+    assert done == ["a/seed0", "a/seed1", "b/seed0", "b/seed1", "c/seed0", "c/seed1"]  # every run, once
+    assert (Path(taken) / "summary.json").is_file()  # the killed worker's run, finished by the other
+    listed = json.loads((out / "study.json").read_text())
+    assert sorted((r["experiment"], r["seed"]) for r in listed) == [(e, s) for e in "abc" for s in (0, 1)]
+    assert stdout.count("%") == 6  # the table: one row per run
+
+
+def test_jobs_needs_a_count_from_one(tmp_path):
+    from resbudget.cli import main
+
+    assert main(["study", "paper", "--jobs", "0"]) == 2
+    assert main(["search", "x", "--jobs", "100"]) == 2
+
+
+def test_a_worker_gets_the_command_line_without_jobs_and_with_the_shared_storage():
+    from resbudget.search.workers import worker_argv
+
+    assert worker_argv(["study", "paper", "--jobs", "3", "--quiet"], "sqlite:///q.db") == [
+        "study", "paper", "--quiet", "--storage", "sqlite:///q.db"]
+    assert worker_argv(["search", "x", "--jobs=2", "--storage", "postgresql+psycopg://h/db"], "sqlite:///q.db") == [
+        "search", "x", "--storage", "postgresql+psycopg://h/db"]

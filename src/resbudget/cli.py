@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import _clock
@@ -15,6 +17,8 @@ from ._defaults import HEARTBEAT_SECONDS
 from .models.budget import DEFAULT_BUDGET, MAX_PARAMS
 from .train.config import MAX_EPOCHS, MAX_SEED
 from .version import __version__
+
+MAX_JOBS = 64  # workers one command starts on its machine
 
 
 class UsageError(Exception):
@@ -244,11 +248,16 @@ def cmd_study(args: argparse.Namespace) -> int:
     from .study import run_study
 
     out = args.out or Path("runs") / f"study-{Path(args.study).name}" / (f"e{args.epochs}" if args.epochs else "full")
-    if args.storage:
+    if args.storage or args.jobs > 1:
         _need_search_extra()
-    summaries = run_study(args.study, out, only=args.only or (), epochs=args.epochs, seeds=args.seeds,
-                          data_dir=args.data_dir, storage=args.storage, heartbeat=args.heartbeat,
-                          progress=not args.quiet)
+    storage = args.storage
+    if args.jobs > 1 and storage is None:  # the workers of this machine share a queue in the study's folder
+        out.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{out.resolve() / 'queue.db'}"
+    with _other_workers(args, storage, out / "workers"):
+        summaries = run_study(args.study, out, only=args.only or (), epochs=args.epochs, seeds=args.seeds,
+                              data_dir=args.data_dir, storage=storage, heartbeat=args.heartbeat,
+                              progress=not args.quiet)
     width = max(len(s["experiment"]) for s in summaries)
     print(f"{'experiment':<{width}}  seed  epochs  test acc  paper")
     for s in summaries:
@@ -271,6 +280,29 @@ def parse_count(text: str) -> int:
     if not 1 <= value <= 1e15:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive count")
     return round(value)
+
+
+@contextlib.contextmanager
+def _other_workers(args: argparse.Namespace, storage: str | None, log_dir: Path) -> Iterator[None]:
+    """With ``--jobs N``: N-1 more workers of this command on this machine, sharing ``storage``, for the block's
+    duration (this process being the N-th); they are waited for after it, and stopped if it fails."""
+    if args.jobs <= 1:
+        yield
+        return
+    import torch
+
+    from .search.workers import Workers, threads_each, worker_argv
+
+    workers = Workers(worker_argv(args.argv, storage), args.jobs, log_dir)
+    torch.set_num_threads(threads_each(args.jobs))
+    print(f"{args.jobs} workers on this machine, sharing {storage}; the others' output is in {log_dir}",
+          file=sys.stderr, flush=True)
+    try:
+        yield
+    except BaseException:
+        workers.stop()
+        raise
+    workers.wait(lambda text: print(f"resbudget {args.command}: warning: {text}", file=sys.stderr, flush=True))
 
 
 def _need_search_extra() -> None:
@@ -311,8 +343,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         settings = SearchSettings(space=load_space(space), **given,
                                   **({"trial_seconds": 60 * minutes} if minutes is not None else {}))
     folder = _search_folder(args)
-    study = run_search(args.name, trials=args.trials, out_dir=folder, storage=args.storage,
-                       settings=settings, data_dir=args.data_dir, heartbeat=args.heartbeat)
+    storage = args.storage
+    if args.jobs > 1 and storage is None:
+        from .search import default_storage
+
+        folder.mkdir(parents=True, exist_ok=True)
+        storage = default_storage(folder)
+    if args.jobs > 1 and settings is not None:  # create the search before the other workers open it
+        from .search.engine import open_search, open_storage
+
+        open_search(args.name, open_storage(storage, args.heartbeat), settings)
+    with _other_workers(args, storage, folder / "workers"):
+        study = run_search(args.name, trials=args.trials, out_dir=folder, storage=storage,
+                           settings=settings, data_dir=args.data_dir, heartbeat=args.heartbeat)
     print(f"search {args.name!r}: {sum(trained(t) for t in study.trials)} trials trained; `resbudget search report "
           f"{args.name}` shows them")
     return 0
@@ -464,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heartbeat", type=HEARTBEAT, default=HEARTBEAT_SECONDS, metavar="S",
                    help="with --storage: a worker "
                    f"silent for 3 beats has its run given to another (default {HEARTBEAT_SECONDS:g} s)")
+    s.add_argument("--jobs", type=_number_in(1, MAX_JOBS), default=1, metavar="N",
+                   help="N workers on this machine sharing the runs (e.g. small nets on one large GPU; default 1)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_study)
 
@@ -488,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"beats has its trial retried (default {HEARTBEAT_SECONDS:g} s)")
     s.add_argument("--out", type=Path, metavar="DIR", help="search folder (default runs/search/NAME)")
     s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--jobs", type=_number_in(1, MAX_JOBS), default=1, metavar="N",
+                   help="N workers on this machine drawing the trials (default 1)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("search report", prog="resbudget search report")
@@ -604,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"resbudget: error: {e}", file=sys.stderr)
         return 2
-    args.started = started
+    args.started, args.argv = started, argv
     try:
         return args.func(args)
     except (DataError, BudgetError, SpecError, UnknownPresetError, ConfigError, CheckpointError, RunFolderError,

@@ -131,7 +131,7 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
     flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
     augment = Augment.from_config(config.data)
     if state.step is None:
-        state.step = TrainStep(model, state.optimizer, criterion, precision=t.precision)
+        state.step = TrainStep(model, state.optimizer, criterion, precision=t.precision, say=show.warn)
     for epoch in range(state.epoch, t.epochs):
         epoch_start = time.perf_counter()
         g = epoch_generator(t.seed, epoch, device)

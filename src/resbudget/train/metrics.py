@@ -91,6 +91,11 @@ class Progress:
         self.stream.write(("\r\x1b[2K" if self.live else "") + line + "\n")
         self.stream.flush()
 
+    def warn(self, text: str) -> None:
+        """A line written even when quiet: something the user must know about the run."""
+        self.stream.write(("\r\x1b[2K" if self.live else "") + "warning: " + text + "\n")
+        self.stream.flush()
+
     def message(self, text: str) -> None:
         if self.enabled:
             self.stream.write(text + "\n")

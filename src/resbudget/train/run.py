@@ -456,6 +456,7 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
         "step_graph": state.step.graphed,  # fit makes the step, even when no epoch was left to run
         "graph_captures": state.step.captures,
         "capture_seconds": round(state.step.capture_seconds, 4),
+        "graph_fallback": state.step.fallback,  # why recording failed and the run went on eagerly, if it did
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "host_cpu": host_cpu(),
         "torch_version": torch.__version__,
