@@ -147,6 +147,8 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
     kind = "cuda" if device.type == "cuda" else "cpu"
     within = []  # the points within the parameter budget, before any time is spent on the probe
     for point in load_front():
+        if kind not in point.relative_time:  # measured on the other kind of machine only
+            continue
         config = point.config(overrides)
         params = check_spec(config.model, budget or config.train.budget, allow_over_budget=True)
         if budget is None or params <= budget:
