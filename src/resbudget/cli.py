@@ -252,8 +252,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         _need_search_extra()
     storage = args.storage
     if args.jobs > 1 and storage is None:  # the workers of this machine share a queue in the study's folder
+        from .search import default_storage
+
         out.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{out.resolve() / 'queue.db'}"
+        storage = default_storage(out, "queue.db")
     with _other_workers(args, storage, out / "workers"):
         summaries = run_study(args.study, out, only=args.only or (), epochs=args.epochs, seeds=args.seeds,
                               data_dir=args.data_dir, storage=storage, heartbeat=args.heartbeat,

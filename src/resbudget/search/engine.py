@@ -91,8 +91,9 @@ class SearchSettings:
                 f"parameters{macs}{time_limit}")
 
 
-def default_storage(out_dir: str | os.PathLike) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / 'search.db'}"
+def default_storage(out_dir: str | os.PathLike, file: str = "search.db") -> str:
+    """The SQLite storage in a folder: a search's ``search.db``, a study's ``queue.db`` (with ``--jobs``)."""
+    return f"sqlite:///{Path(out_dir).resolve() / file}"
 
 
 def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS) -> RDBStorage:

@@ -37,13 +37,17 @@ class Workers:
         log_dir.mkdir(parents=True, exist_ok=True)
         env = os.environ | {"OMP_NUM_THREADS": str(threads_each(jobs))}
         self.started: list[tuple[int, subprocess.Popen, Path]] = []
-        for k in range(2, jobs + 1):
-            log = log_dir / f"worker-{k}.log"
-            with open(log, "w") as f:
-                proc = subprocess.Popen([sys.executable, "-m", "resbudget", *argv], stdout=f,
-                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-            (log_dir / f"worker-{k}.pid").write_text(f"{proc.pid}\n")
-            self.started.append((k, proc, log))
+        try:
+            for k in range(2, jobs + 1):
+                log = log_dir / f"worker-{k}.log"
+                with open(log, "w") as f:
+                    proc = subprocess.Popen([sys.executable, "-m", "resbudget", *argv], stdout=f,
+                                            stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+                self.started.append((k, proc, log))
+                (log_dir / f"worker-{k}.pid").write_text(f"{proc.pid}\n")
+        except BaseException:  # none left running if the next one cannot start
+            self.stop()
+            raise
 
     def wait(self, say: Callable[[str], None]) -> int:
         """Wait for every worker; say one line for each that failed; return how many failed."""

@@ -25,6 +25,7 @@ the step says so in one line, runs eagerly from then on and keeps the reason (``
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -88,14 +89,14 @@ class TrainStep:
     returned tensors are overwritten by the next step: read (or copy) them before it.
 
     ``recorder``: who records the step (default: a :class:`CudaRecorder` where :func:`records` says so, else none:
-    eager). ``say``: where the one line goes if recording fails."""
+    eager). ``say``: where the one line goes if recording fails (default: stderr, as a warning)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, *,
-                 precision: str, recorder: Recorder | None = None, say: Callable[[str], None] = print) -> None:
+                 precision: str, recorder: Recorder | None = None, say: Callable[[str], None] | None = None) -> None:
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
         self.precision = precision
         self.device = next(model.parameters()).device
-        self.say = say
+        self.say = say or (lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
         self.captures = 0  # graphs recorded so far, and the seconds their recording took (for the record)
         self.capture_seconds = 0.0
         self.fallback: str | None = None  # why recording failed and the step went eager, if it did

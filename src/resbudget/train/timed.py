@@ -27,7 +27,7 @@ from .config import Config, ConfigError, load_config, parse_override, scale_epoc
 from .evaluate import select_device
 from .fit import images_kept
 from .optim import make_optimizer
-from .step import TrainStep
+from .step import WARMUP_STEPS, TrainStep
 
 FRONT = Path(__file__).resolve().parent / "front.toml"
 MARGIN = 0.9  # a point is chosen if its predicted run takes at most this fraction of the time left
@@ -90,13 +90,14 @@ def probe_step_seconds(device: torch.device, steps: int = PROBE_STEPS, config: C
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
-    step = TrainStep(model, make_optimizer(config, model), criterion, precision=t.precision)
+    # a failed recording is the run's to report (its own step fails the same way): the probe then times eager steps
+    step = TrainStep(model, make_optimizer(config, model), criterion, precision=t.precision, say=lambda text: None)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(t.batch_size, 3, 32, 32, generator=g).to(device)
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (t.batch_size,), generator=g).to(device)
-    warm = 5 if step.graphed else 1
+    warm = WARMUP_STEPS + 2 if step.graphed else 1  # the eager warm-up, the recording, one replay
 
     def sync() -> None:
         if device.type == "cuda":
