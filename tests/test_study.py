@@ -146,9 +146,8 @@ def test_jobs_runs_each_job_once_on_this_machine_and_a_killed_workers_run_is_red
 
     study = _tiny_study(tmp_path / "s", names=("a", "b", "c"))
     out = tmp_path / "out"
-    # runs of 30 epochs (seconds each): the kill lands inside a run, whose heartbeat then falls silent. (Between two
-    # runs there is an instant where optuna has opened a trial and not yet started its heartbeat: a worker killed
-    # there leaves a trial the others wait on for ever. Not covered yet.)
+    # runs of 30 epochs (seconds each): the kill lands inside a run, whose heartbeat then falls silent (a kill between
+    # two runs, before a trial's first heartbeat: the next test)
     argv = ["study", str(study), "--epochs", "30", "--seeds", "2", "--jobs", "2", "--heartbeat", "1",
             "--data-dir", str(synthetic_dir), "--out", str(out)]
     command = subprocess.Popen(cli_in_child(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -167,6 +166,32 @@ def test_jobs_runs_each_job_once_on_this_machine_and_a_killed_workers_run_is_red
     listed = json.loads((out / "study.json").read_text())
     assert sorted((r["experiment"], r["seed"]) for r in listed) == [(e, s) for e in "abc" for s in (0, 1)]
     assert stdout.count("%") == 6  # the table: one row per run
+
+
+def test_a_job_whose_worker_died_before_its_first_heartbeat_is_run_again(tmp_path):
+    """Optuna opens a trial an instant before it starts the trial's heartbeat; a worker killed in that instant leaves a
+    running trial with no heartbeat at all, which optuna itself never fails. The queue fails it after the grace
+    period, and runs its job."""
+    import time
+
+    import optuna
+
+    from resbudget.search.engine import open_storage
+    from resbudget.search.queue import _open_queue, run_queue
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    jobs = [{"n": 1}, {"n": 2}]
+    keys = [json.dumps(j, sort_keys=True) for j in jobs]
+    queue = _open_queue("q", open_storage(url, 1), keys)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # optuna's: ask() starts no heartbeat, which is the point
+        opened = queue.ask()  # the dead worker's trial: running, never a heartbeat
+    assert opened.suggest_categorical("job", keys) == keys[0]
+    start = time.monotonic()
+    results = run_queue("q", url, jobs, lambda job: job["n"] * 10, heartbeat=1, say=lambda line: None)
+    assert results == {keys[0]: 10, keys[1]: 20}
+    assert time.monotonic() - start < 30  # the grace is 3 s
+    states = {t.number: t.state for t in optuna.load_study(study_name="q", storage=url).get_trials()}
+    assert states[opened.number] == optuna.trial.TrialState.FAIL
 
 
 def test_jobs_needs_a_count_from_one(tmp_path):

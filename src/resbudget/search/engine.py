@@ -31,8 +31,11 @@ from typing import Any, TextIO
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models as _rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session as _rdb_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import selectinload
 
 from .._defaults import HEARTBEAT_SECONDS
 from ..data import CIFAR10, load_cifar10
@@ -102,7 +105,7 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS) -> RDBStorage:
         for attempt in range(5):
             try:
                 with _quiet():
-                    return RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
+                    return _Storage(url, heartbeat_interval=max(1, round(heartbeat)),
                                       grace_period=max(3, round(3 * heartbeat)),
                                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                           max_retry=MAX_RETRIES),
@@ -115,6 +118,30 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS) -> RDBStorage:
     except (SQLAlchemyError, ImportError, ValueError) as e:  # a bad URL, a missing driver, a server not there
         raise SearchError(f"cannot open the search storage {_hide_password(url)}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+class _Storage(RDBStorage):
+    """Optuna's storage, with one more kind of stale trial: one opened by a worker that died before its first
+    heartbeat (optuna opens a trial an instant before it starts the trial's heartbeat). Optuna never fails such a
+    trial, so the other workers would wait on it forever. Here it is stale once this process has seen it running and
+    silent for the grace period, timed on this process's own clock (the workers' clocks may differ)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._silent_since: dict[int, float] = {}
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        with _rdb_session(self.scoped_session) as session:
+            running = (session.query(_rdb_models.TrialModel)
+                       .options(selectinload(_rdb_models.TrialModel.heartbeats))
+                       .filter(_rdb_models.TrialModel.state == TrialState.RUNNING)
+                       .filter(_rdb_models.TrialModel.study_id == study_id).all())
+            silent = [t.trial_id for t in running if not t.heartbeats]
+        now = time.monotonic()
+        self._silent_since = {i: self._silent_since.get(i, now) for i in silent}
+        grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
+        return stale + [i for i, since in self._silent_since.items() if now - since > grace and i not in stale]
 
 
 @contextlib.contextmanager
