@@ -68,6 +68,7 @@ def test_the_probe_times_steps_of_a_net():
     (["--minutes", "10", "--set", "train.epochs=3"], "--set may change only train.seed, train.device, not "
                                                       "train.epochs"),
     (["--budget", "1000000"], "--budget chooses among the recipes of --minutes"),
+    (["--plan"], "--plan shows what --minutes N would train: give --minutes"),
     (["--minutes", "0"], "--minutes: must be between 0.1 and 100,000"),
     (["--minutes", "5", "--budget", "0.5k"], "no recipe of the front has at most 500 parameters"),  # before a probe
 ])
@@ -75,6 +76,21 @@ def test_bad_time_budget_requests_are_refused_in_one_line(args, message, capsys)
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_plan_prints_each_recipes_time_here_and_the_choice_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    from resbudget.train import timed
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(timed, "probe_step_seconds", lambda device: STEP)
+    assert main(["train", "--minutes", "15", "--plan", "--data-dir", str(tmp_path / "no-data-needed")]) == 0
+    out = capsys.readouterr().out
+    _, record = plan(15, device=CPU, step_seconds=STEP)
+    rows = [line for line in out.splitlines() if line.split(" ")[0] in {c["name"] for c in record["candidates"]}]
+    assert len(rows) == len(record["candidates"]) >= 3
+    assert [line.split()[0] for line in rows if line.endswith("<- chosen")] == [record["chosen"]]
+    assert f"chosen: {record['chosen']}" in out and "default's run ~" in out
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_run_under_a_time_limit_stops_between_steps_and_still_ends_cleanly(tmp_path, small_cifar):

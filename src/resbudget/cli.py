@@ -107,6 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
+    if args.plan and args.minutes is None:
+        raise ValueError("--plan shows what --minutes N would train: give --minutes")
     if args.budget is not None and args.minutes is None:
         raise ValueError("--budget chooses among the recipes of --minutes; for a recipe of your own, set "
                          "train.budget (--set train.budget=N)")
@@ -131,15 +133,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def train_for_minutes(args: argparse.Namespace) -> int:
     from .data import download_cifar10
     from .train import train_run
-    from .train.timed import plan
+    from .train.timed import format_plan, plan
 
     if args.config or args.resume:
         raise ValueError("--minutes chooses the recipe for the time: give no recipe, and start a new run (a run "
                          "cut short is not resumed under a time limit)")
-    if args.download:
+    if args.download and not args.plan:
         download_cifar10(args.data_dir)
     config, record = plan(args.minutes, budget=args.budget, overrides=tuple(args.set or []),
                           elapsed=time.perf_counter() - args.started)
+    if args.plan:
+        print(format_plan(record))
+        return 0
     if not args.quiet:
         print(f"--minutes {args.minutes:g}: {record['chosen']}, {record['epochs']} epochs, {record['params']:,} "
               f"params: {record['why']}; expected {record['expected_accuracy']}", flush=True)
@@ -492,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "train in that time is chosen (give no recipe)")
     s.add_argument("--budget", type=parse_count, metavar="PARAMS",
                    help="with --minutes: only recipes with at most PARAMS parameters")
+    s.add_argument("--plan", action="store_true",
+                   help="with --minutes: print each recipe's predicted time here and the choice; train nothing")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     s.set_defaults(func=cmd_train)

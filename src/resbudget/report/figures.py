@@ -116,16 +116,20 @@ def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, title: str = "") -> Path:
+def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, title: str = "",
+                       legend: str = "lower right") -> Path:
     """Final test accuracy against wall time per run, one curve per key: each point a dict with ``seconds``,
-    ``accuracy`` (%) and ``label`` (e.g. the epochs), averaged over its seeds by the caller; ``marks`` are reference
-    accuracies (the study's numbers) drawn as horizontal lines, since their time on this machine is not known."""
+    ``accuracy`` (%) and ``label`` (e.g. the epochs), averaged over its seeds by the caller (``std``, if given, drawn
+    as an error bar); ``marks`` are reference
+    accuracies (the study's numbers) drawn as horizontal lines, since their time on this machine is not known;
+    ``legend``: where the legend goes (a matplotlib ``loc``, or ``"below"`` the axes)."""
     if not points:
         raise ValueError("no points to plot: run at least one recipe")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for key in dict.fromkeys(p["curve"] for p in points):
         curve = sorted((p for p in points if p["curve"] == key), key=lambda p: p["seconds"])
-        ax.plot([p["seconds"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=key)
+        ax.errorbar([p["seconds"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=key,
+                    yerr=[p.get("std", 0.0) for p in curve], capsize=3)
         for p in curve:
             ax.annotate(str(p["label"]), (p["seconds"], p["accuracy"]), textcoords="offset points", xytext=(4, -10),
                         fontsize=7)
@@ -134,7 +138,10 @@ def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, 
     ax.set_xscale("log")
     ax.set(xlabel="wall time per run (s, log scale)", ylabel="final-epoch test accuracy (%)", title=title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    if legend == "below":  # under the axes: never on a point
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    else:
+        ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -187,6 +187,22 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
     return config, record
 
 
+def format_plan(record: dict[str, Any]) -> str:
+    """:func:`plan`'s record as a table a user reads: every candidate's predicted time here, and the choice."""
+    lines = [f"this machine: a default step in {record['probe_step_seconds']:.3g} s, so the default's run "
+             f"~{record['default_run_seconds']:.0f} s; {record['minutes'] * 60 - record['seconds_before_training']:.0f}"
+             f" s of the {record['minutes']:g} minutes are left for the run",
+             f"{'recipe':<12} {'params':>10} {'with TTA':>9} {'predicted here':>15}"]
+    for c in record["candidates"]:
+        mark = "  <- chosen" if c["name"] == record["chosen"] else ""
+        lines.append(f"{c['name']:<12} {c['params']:>10,} {c['accuracy_tta']:>8.2f}% {c['predicted_seconds']:>13.0f} s"
+                     f"{mark}")
+    epochs = f"{record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}"
+    lines.append(f"chosen: {record['chosen']}, {epochs}: {record['why']}; expected "
+                 f"{record['expected_accuracy']}")
+    return "\n".join(lines)
+
+
 def cut_to_fit(point: Point, config: Config, kind: str, default_seconds: float,
                seconds: float) -> tuple[Config, float]:
     """``config`` at the most epochs (at least 1) whose predicted run takes at most ``seconds``, its schedule scaled
