@@ -344,6 +344,8 @@ def test_confirm_retrains_on_every_image_and_reports_test_accuracy(tmp_path, tin
     assert summary["calibration"]["temperature"] == trial.user_attrs["temperature"]
     assert summary["config"]["train"]["temperature"] == trial.user_attrs["temperature"]
     assert {"test_nll", "test_ece", "test_ece_calibrated"} <= set(summary["calibration"])
+    assert summary["calibration"]["source"].startswith(f"search {study.study_name!r}, {r['label']}: fitted on that "
+                                                       "trial's validation split (")
 
 
 def test_two_workers_on_one_sqlite_file_give_exactly_the_trials_asked_for(tmp_path, synthetic_dir):

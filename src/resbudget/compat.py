@@ -34,7 +34,7 @@ MOVED_KEYS = {"data.data_dir": "data.data_dir is no longer part of a config: whe
 # Config keys added after run folders were written, with the value that describes an older run: its config.toml
 # lacks the key, and reading it with today's default would claim what the run never had (a run trained before
 # recipes carried a temperature had none).
-ADDED_KEYS = {"train.temperature": 0.0}
+ADDED_KEYS = {"train.temperature": 0.0, "train.temperature_source": ""}
 
 
 # Ensemble layouts no longer trained or read: the folder a run of that kind leaves behind.

@@ -36,7 +36,10 @@ def confirm_configs(study: optuna.Study, top: int, with_base: bool = False) -> l
     for label, data, temperature in picked:
         config = config_from_dict(data, stored=True)
         # the temperature the trial fitted on its validation split is that config's (the base keeps its recipe's)
-        train = config.train if temperature is None else dataclasses.replace(config.train, temperature=temperature)
+        train = config.train if temperature is None else dataclasses.replace(
+            config.train, temperature=temperature, temperature_source=(
+                f"search {study.study_name!r}, {label}: fitted on that trial's validation split "
+                f"({config.data.val_size:,} images, {config.train.tta} TTA)"))
         out.append((label, dataclasses.replace(config, data=dataclasses.replace(config.data, val_size=0),
                                                train=train)))
     return out

@@ -148,6 +148,7 @@ class TrainConfig:
     # its own): the mean of the temperatures fitted on the validation splits of this recipe's runs (docs/RESULTS.md,
     # "Calibration"). It divides the mean logits over the TTA views. 0 = none measured for the recipe (T = 1).
     temperature: float = 0.43
+    temperature_source: str = ""  # where train.temperature comes from, as the summary records it ("": the recipe's)
 
 
 @dataclass(frozen=True)

@@ -478,12 +478,13 @@ RECIPE_SOURCE = "the recipe's (train.temperature: fitted on validation splits of
 
 def run_calibration(model: ResNet, t: TrainConfig, val: Split | None, final: dict[str, Any]) -> dict[str, Any] | None:
     """The finished run's temperature: fitted on its own validation split where it has one, else the recipe's
-    (``train.temperature``; None where the recipe has none). Where the run was scored on the test set, the test NLL
-    and ECE of its probabilities, with and without the temperature, are reported beside it (never fitted on)."""
+    (``train.temperature``, from where ``train.temperature_source`` says; None where the recipe has none). Where the
+    run was scored on the test set, the test NLL and ECE of its probabilities, with and without the temperature, are
+    reported beside it (never fitted on)."""
     if val is not None:
         calibration = fit_and_report(model, val, t)
     elif t.temperature:
-        calibration = {"temperature": t.temperature, "source": RECIPE_SOURCE}
+        calibration = {"temperature": t.temperature, "source": t.temperature_source or RECIPE_SOURCE}
     else:
         return None
     if final["split"] == "test":  # what the temperature is worth on the test set, reported only
