@@ -86,6 +86,12 @@ def test_a_bad_parameter_is_refused_by_name(value, message):
     assert "optim.lr" in str(e.value)
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "search").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_space_file_of_the_repository_loads(path):
+    assert load_space(path).params
+
+
 def test_a_space_names_config_keys_and_every_per_stage_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[params]\n"optim.nope" = 1\n')
