@@ -120,9 +120,9 @@ def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, 
                        legend: str = "lower right") -> Path:
     """Final test accuracy against wall time per run, one curve per key: each point a dict with ``seconds``,
     ``accuracy`` (%) and ``label`` (e.g. the epochs), averaged over its seeds by the caller (``std``, if given, drawn
-    as an error bar); ``marks`` are reference
-    accuracies (the study's numbers) drawn as horizontal lines, since their time on this machine is not known;
-    ``legend``: where the legend goes (a matplotlib ``loc``, or ``"below"`` the axes)."""
+    as an error bar); ``marks`` are reference accuracies (the study's numbers) drawn as horizontal lines, since their
+    time on this machine is not known; ``legend``: where the legend goes (a matplotlib ``loc``, or ``"below"`` the
+    axes)."""
     if not points:
         raise ValueError("no points to plot: run at least one recipe")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

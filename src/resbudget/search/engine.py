@@ -124,7 +124,8 @@ class _Storage(RDBStorage):
     """Optuna's storage, with one more kind of stale trial: one opened by a worker that died before its first
     heartbeat (optuna opens a trial an instant before it starts the trial's heartbeat). Optuna never fails such a
     trial, so the other workers would wait on it forever. Here it is stale once this process has seen it running and
-    silent for the grace period, timed on this process's own clock (the workers' clocks may differ)."""
+    silent for the grace period, timed on this process's own clock (the workers' clocks may differ). Made by
+    :func:`open_storage`, which always sets the grace period."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -140,8 +141,7 @@ class _Storage(RDBStorage):
             silent = [t.trial_id for t in running if not t.heartbeats]
         now = time.monotonic()
         self._silent_since = {i: self._silent_since.get(i, now) for i in silent}
-        grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
-        return stale + [i for i, since in self._silent_since.items() if now - since > grace and i not in stale]
+        return stale + [i for i, since in self._silent_since.items() if now - since > self.grace_period]
 
 
 @contextlib.contextmanager

@@ -49,17 +49,14 @@ class Workers:
             self.stop()
             raise
 
-    def wait(self, say: Callable[[str], None]) -> int:
-        """Wait for every worker; say one line for each that failed; return how many failed."""
-        failed = 0
+    def wait(self, say: Callable[[str], None]) -> None:
+        """Wait for every worker; say one line for each that failed."""
         for k, proc, log in self.started:
             code = proc.wait()
             if code:
-                failed += 1
                 how = f"was killed (signal {-code})" if code < 0 else f"exited with code {code}"
                 say(f"worker {k} {how}; its output is in {log}. A run it left is taken over by a live worker once "
                     "its heartbeat is silent, or by the next start of the command")
-        return failed
 
     def stop(self) -> None:
         for _, proc, _ in self.started:
