@@ -211,6 +211,22 @@ def test_a_run_folder_written_before_a_key_was_added_reads_as_what_it_was():
     assert load_config(None).train.temperature > 0  # today's default recipe has one
 
 
+def test_a_temperature_the_user_gives_is_recorded_as_theirs_not_as_the_recipes(tmp_path):
+    assert load_config("no-noise").train.temperature_source == ""  # the recipe's own, fitted on validation splits
+    given = load_config("no-noise", ["train.temperature=0.5"]).train
+    assert (given.temperature, given.temperature_source) == (0.5, "given with --set")
+    own = tmp_path / "mine.toml"
+    own.write_text('base = "no-noise"\n[train]\ntemperature = 0.6\n')
+    assert load_config(own).train.temperature_source == f"given in {own.resolve()}"
+    # a source given beside it is kept, and a later --set of the value alone is the user's again
+    own.write_text('base = "no-noise"\n[train]\ntemperature = 0.6\ntemperature_source = "fitted on my split"\n')
+    assert load_config(own).train.temperature_source == "fitted on my split"
+    assert load_config(own, ["train.temperature=0.7"]).train.temperature_source == "given with --set"
+    # a run folder's own config keeps what it recorded
+    stored = config_to_dict(load_config("no-noise"))
+    assert config_from_dict(stored, stored=True).train.temperature_source == ""
+
+
 @pytest.mark.parametrize("value", [-1.0, 0.001, 101.0, float("nan")])
 def test_a_recipe_temperature_outside_its_range_is_refused(value):
     with pytest.raises(ConfigError, match="train.temperature(: expected a finite| must be 0)"):

@@ -291,6 +291,10 @@ def _merge(resolved: dict[str, Any], layer: dict[str, Any], where: str, stored: 
                                       f"'Tried, not kept'); only its no-op value {REMOVED_KEYS[name]!r} is still read")
                 continue
             out[section][key] = value
+    train = layer.get("train", {})
+    if not stored and "temperature" in train and "temperature_source" not in train and Path(where).parent != BASES_DIR:
+        # a temperature the user gives (a file of theirs, --set) is recorded as theirs, not as the recipe's fitted one
+        out["train"]["temperature_source"] = f"given in {where}" if where != "--set" else "given with --set"
     return out
 
 
