@@ -214,14 +214,14 @@ def test_a_run_folder_written_before_a_key_was_added_reads_as_what_it_was():
 def test_a_temperature_the_user_gives_is_recorded_as_theirs_not_as_the_recipes(tmp_path):
     assert load_config("no-noise").train.temperature_source == ""  # the recipe's own, fitted on validation splits
     given = load_config("no-noise", ["train.temperature=0.5"]).train
-    assert (given.temperature, given.temperature_source) == (0.5, "given with --set")
+    assert (given.temperature, given.temperature_source) == (0.5, "given with --set train.temperature")
     own = tmp_path / "mine.toml"
     own.write_text('base = "no-noise"\n[train]\ntemperature = 0.6\n')
     assert load_config(own).train.temperature_source == f"given in {own.resolve()}"
     # a source given beside it is kept, and a later --set of the value alone is the user's again
     own.write_text('base = "no-noise"\n[train]\ntemperature = 0.6\ntemperature_source = "fitted on my split"\n')
     assert load_config(own).train.temperature_source == "fitted on my split"
-    assert load_config(own, ["train.temperature=0.7"]).train.temperature_source == "given with --set"
+    assert load_config(own, ["train.temperature=0.7"]).train.temperature_source == "given with --set train.temperature"
     # a run folder's own config keeps what it recorded
     stored = config_to_dict(load_config("no-noise"))
     assert config_from_dict(stored, stored=True).train.temperature_source == ""

@@ -54,7 +54,7 @@ def test_the_choice_follows_the_measured_speed_on_a_machine_twice_as_slow():
 
 def test_a_parameter_budget_filters_the_front():
     config, record = plan(600, device=CPU, step_seconds=STEP, budget=3_000_000)
-    assert record["chosen"] == "default" and record["params"] <= 3_000_000
+    assert record["chosen"] == "no-noise-e12" and record["params"] <= 3_000_000  # best and the wide nets left out
     with pytest.raises(TimeBudgetError, match="no recipe of the front has at most 1,000 parameters"):
         plan(600, device=CPU, step_seconds=STEP, budget=1000)
 

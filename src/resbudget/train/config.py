@@ -294,7 +294,8 @@ def _merge(resolved: dict[str, Any], layer: dict[str, Any], where: str, stored: 
     train = layer.get("train", {})
     if not stored and "temperature" in train and "temperature_source" not in train and Path(where).parent != BASES_DIR:
         # a temperature the user gives (a file of theirs, --set) is recorded as theirs, not as the recipe's fitted one
-        out["train"]["temperature_source"] = f"given in {where}" if where != "--set" else "given with --set"
+        given = "with --set train.temperature" if where == "--set" else f"in {where}"
+        out["train"]["temperature_source"] = f"given {given}"
     return out
 
 
