@@ -26,6 +26,50 @@ def tiny_config(*sets: str):
                                    "optim.lr=0.05", *sets])
 
 
+def _global_state() -> dict:
+    """What one test could change for every test after it: torch's process-wide settings, the environment and the
+    working folder."""
+    import torch
+
+    return {"torch threads": torch.get_num_threads(), "default dtype": torch.get_default_dtype(),
+            "grad mode": torch.is_grad_enabled(),
+            "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+            "mkldnn": torch.backends.mkldnn.enabled, "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "float32 matmul precision": torch.get_float32_matmul_precision(),
+            "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
+            "working folder": os.getcwd()}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_state():
+    """Every test leaves the process as it found it: a test that changes a global setting fails, naming it (the
+    setting is put back, so the tests after it are not affected). The suite then runs the same in any order."""
+    import torch
+
+    before = _global_state()
+    yield
+    after = _global_state()
+    leaked = [name for name in before if before[name] != after[name]]
+    if after["torch threads"] != before["torch threads"]:
+        torch.set_num_threads(before["torch threads"])
+    if after["default dtype"] != before["default dtype"]:
+        torch.set_default_dtype(before["default dtype"])
+    torch.set_grad_enabled(before["grad mode"])
+    torch.use_deterministic_algorithms(before["deterministic algorithms"])
+    torch.backends.mkldnn.enabled = before["mkldnn"]
+    torch.backends.cudnn.benchmark = before["cudnn.benchmark"]
+    torch.set_float32_matmul_precision(before["float32 matmul precision"])
+    for key in set(after["environment"]) - set(before["environment"]):
+        del os.environ[key]
+    os.environ.update(before["environment"])
+    os.chdir(before["working folder"])
+    if leaked:
+        changed = sorted(k for k in set(before["environment"]) | set(after["environment"])
+                         if before["environment"].get(k) != after["environment"].get(k))
+        detail = f" ({', '.join(changed)})" if changed else ""
+        pytest.fail(f"the test changed global state it did not put back: {', '.join(leaked)}{detail}")
+
+
 def real_data_dir() -> Path | None:
     candidates = [os.environ.get("RESBUDGET_DATA_DIR"), REPO.parent / "shared" / "cifar10"]
     for c in candidates:

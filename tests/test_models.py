@@ -47,6 +47,48 @@ def test_forward_shape_finite_and_every_parameter_gets_a_gradient(name):
     assert missing == []
 
 
+def test_a_stride_over_a_1x1_map_is_dropped_without_changing_the_function():
+    """A padded stride-2 convolution of a 1x1 map and the unstrided one give the same output: the builder uses the
+    latter there (oneDNN's bf16 weight gradient of the strided one is wrong), and the net stays the spec's."""
+    from resbudget.models.builder import unstride_
+
+    spec = get_preset("deeper-const-stride")
+    assert stage_sizes(spec)[4:] == [1, 1, 1, 1]
+    model = build_model(spec)
+    entry = model.stages[6][0]  # input 1x1 (stage 6's), stride 2 in the spec
+    assert entry.conv1.stride == (1, 1) and isinstance(entry.shortcut, torch.nn.Sequential)  # still a projection
+    assert model.stages[0][0].conv1.stride == (2, 2)  # 32x32 in: the stride stays
+    torch.manual_seed(0)
+    x = torch.randn(4, entry.conv1.in_channels, 1, 1)
+    strided = torch.nn.functional.conv2d(x, entry.conv1.weight, stride=2, padding=1)
+    assert torch.equal(entry.conv1(x), strided)
+    plain = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+    unstride_(plain)
+    assert plain.stride == (1, 1)
+
+
+def test_one_bf16_step_of_the_net_whose_maps_collapse_has_sound_gradients():
+    """One backward pass under bf16 autocast (as training runs) of the 8-stage net with stride 2 on every stage: every
+    gradient finite, and in the 3x3 convolutions over 1x1 maps the taps that see only padding get exactly none.
+    Repeated, since the wrong kernel left garbage there only sometimes."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("deeper-const-stride")).to(memory_format=torch.channels_last)
+    x = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,))
+    over_1x1 = [m.weight for stage in model.stages[5:] for m in stage.modules()
+                if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(over_1x1) == 12
+    for _ in range(3):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        for weight in over_1x1:
+            padding_taps = weight.grad.clone()
+            padding_taps[:, :, 1, 1] = 0
+            assert not padding_taps.any()
+
+
 @pytest.mark.parametrize("name", list_presets())
 def test_the_largest_map_from_the_spec_is_the_largest_layer_output(name):
     import math

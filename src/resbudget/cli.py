@@ -301,6 +301,7 @@ def _other_workers(args: argparse.Namespace, storage: str | None, log_dir: Path)
     from .search.workers import Workers, threads_each, worker_argv
 
     workers = Workers(worker_argv(args.argv, storage), args.jobs, log_dir)
+    threads = torch.get_num_threads()
     torch.set_num_threads(threads_each(args.jobs))
     print(f"{args.jobs} workers on this machine, sharing {storage}; the others' output is in {log_dir}",
           file=sys.stderr, flush=True)
@@ -309,6 +310,8 @@ def _other_workers(args: argparse.Namespace, storage: str | None, log_dir: Path)
     except BaseException:
         workers.stop()
         raise
+    finally:
+        torch.set_num_threads(threads)  # this process's own share only while its workers run
     workers.wait(lambda text: print(f"resbudget {args.command}: warning: {text}", file=sys.stderr, flush=True))
 
 

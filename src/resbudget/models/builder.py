@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BLOCKS, ConvPoolEntry, batch_norm
-from .spec import ModelSpec, stem_padded
+from .spec import ModelSpec, stage_sizes, stem_padded, stem_size
 
 ACTIVATION_MODULES = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
 
@@ -27,16 +27,32 @@ def make_stem(spec: ModelSpec) -> nn.Sequential:
 
 def make_stages(spec: ModelSpec) -> nn.Sequential:
     stages, width = [], spec.stem_width
-    for out_width, blocks, stride in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides):
+    sizes_in = [stem_size(spec), *stage_sizes(spec)]
+    for out_width, blocks, stride, size_in in zip(spec.stage_widths, spec.stage_blocks, spec.stage_strides, sizes_in):
         layers: list[nn.Module] = []
         if spec.stage_entry == "conv-pool":
             layers.append(ConvPoolEntry(width, out_width, stride, spec.activation, bn_args(spec)))
             width, stride = out_width, 1
         for _ in range(blocks):
-            layers.append(BLOCKS[spec.block](width, out_width, stride, spec.shortcut, spec.activation, bn_args(spec)))
+            block = BLOCKS[spec.block](width, out_width, stride, spec.shortcut, spec.activation, bn_args(spec))
+            if size_in == 1 and stride > 1:
+                unstride_(block)
+            layers.append(block)
             width, stride = out_width, 1
         stages.append(nn.Sequential(*layers))
     return nn.Sequential(*stages)
+
+
+def unstride_(block: nn.Module) -> None:
+    """Stride 1 for the convolutions of a block whose input map is 1x1. With padding, a strided convolution of a 1x1
+    map gives the same 1x1 output as an unstrided one, so the net is the same function with the same parameters.
+    The reason is numeric: oneDNN's bf16 weight gradient of a stride-2 3x3 convolution over a 1x1 map leaves
+    uninitialised memory in the taps that see only padding (found on AMX and AVX-512 BF16 CPUs), and one SGD step
+    with it turns the weights into inf or NaN, or not, by what that memory held. The block keeps the shortcut the
+    spec's stride gives it (a projection where the stride asks for one), so the parameter count is the spec's."""
+    for module in block.modules():
+        if isinstance(module, nn.Conv2d):
+            module.stride = (1, 1)
 
 
 class ResNet(nn.Module):
