@@ -26,6 +26,10 @@ def tiny_config(*sets: str):
                                    "optim.lr=0.05", *sets])
 
 
+# set by pytest for each test, and by torch on first use (where its compiler caches go): not the tests' doing
+OWN_VARIABLES = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_", "TRITON_")
+
+
 def _global_state() -> dict:
     """What one test could change for every test after it: torch's process-wide settings, the environment and the
     working folder."""
@@ -36,7 +40,7 @@ def _global_state() -> dict:
             "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
             "mkldnn": torch.backends.mkldnn.enabled, "cudnn.benchmark": torch.backends.cudnn.benchmark,
             "float32 matmul precision": torch.get_float32_matmul_precision(),
-            "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
+            "environment": {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)},
             "working folder": os.getcwd()}
 
 

@@ -270,8 +270,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     for s in summaries:
         paper = ", ".join(f"{a:g}" for a in s["config"]["experiment"]["paper_accuracy"]) or "-"
         flag = "  (plateau watched test)" if s["plateau_watched_test"] else ""
-        print(f"{s['experiment']:<{width}}  {s['seed']:>4}  {s['epochs']:>6}  {100 * s['test_accuracy']:7.2f}%  "
-              f"{paper}{flag}")
+        accuracy = "diverged" if s.get("diverged") else f"{100 * s['test_accuracy']:7.2f}%"
+        print(f"{s['experiment']:<{width}}  {s['seed']:>4}  {s['epochs']:>6}  {accuracy:>8}  {paper}{flag}")
     print(f"runs in {out}")
     return 0
 

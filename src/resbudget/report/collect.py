@@ -37,17 +37,19 @@ class Row:
     schedule: str
     optimizer: str
     seeds: list[int]
-    accuracies: list[float]  # final-epoch test accuracy of each seed, in %
+    accuracies: list[float]  # final-epoch test accuracy of each seed that did not diverge, in %
     wall_seconds: float  # mean over seeds
     paper_accuracy: list[float]
     watched_test: bool
     description: str = ""
     validation_only: bool = False  # search trials: ``accuracies`` are on their validation split (no test was read)
     runs: list[Run] = field(default_factory=list)
+    diverged: list[int] = field(default_factory=list)  # seeds whose training stopped being finite: no accuracy
 
     @property
     def mean(self) -> float:
-        return statistics.mean(self.accuracies)
+        """The mean over the seeds that did not diverge (NaN where every seed diverged)."""
+        return statistics.mean(self.accuracies) if self.accuracies else float("nan")
 
     @property
     def std(self) -> float:
@@ -111,7 +113,7 @@ def summarize_runs(runs: list[Run]) -> list[Row]:
             seen[run.summary["seed"]] = run.path
         for other in group[1:]:
             if (_recipe(config) != _recipe(other.summary["config"]) or other.summary["epochs"] != first["epochs"]
-                    or (other.summary["test_accuracy"] is None) != (first["test_accuracy"] is None)):
+                    or _validation_only(other.summary) != _validation_only(first)):
                 raise ReportError(f"runs of experiment {name!r} differ in more than the seed: {group[0].path} vs "
                                   f"{other.path}")
         o = config["optim"]
@@ -121,14 +123,22 @@ def summarize_runs(runs: list[Run]) -> list[Row]:
         rows.append(Row(
             experiment=name, model=first.get("preset") or "custom", params=first["params"], macs=first["macs"],
             epochs=first["epochs"], schedule=describe_schedule(config), optimizer=optimizer,
-            seeds=[r.summary["seed"] for r in group], accuracies=[100 * _accuracy(r.summary) for r in group],
+            seeds=[r.summary["seed"] for r in group],
+            accuracies=[100 * _accuracy(r.summary) for r in group if not r.summary.get("diverged")],
+            diverged=[r.summary["seed"] for r in group if r.summary.get("diverged")],
             wall_seconds=statistics.mean(r.summary["wall_seconds"] for r in group),
             paper_accuracy=list(config.get("experiment", {}).get("paper_accuracy", [])),
             watched_test=any(r.summary.get("plateau_watched_test") for r in group),
             description=config.get("experiment", {}).get("description", ""), runs=group,
-            validation_only=first["test_accuracy"] is None,
+            validation_only=_validation_only(first),
         ))
     return rows
+
+
+def _validation_only(summary: dict[str, Any]) -> bool:
+    """A search trial's run, scored on its validation split: it never read the test set."""
+    return summary.get("test_set_used", True) is False or (summary["test_accuracy"] is None
+                                                            and not summary.get("diverged"))
 
 
 def _accuracy(summary: dict[str, Any]) -> float:

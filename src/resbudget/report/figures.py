@@ -54,8 +54,9 @@ def plot_curves(row: Row, path: Path) -> Path:
 
 
 def plot_comparison(rows: list[Row], path: Path) -> Path:
-    """Our final test accuracy (mean ± std over seeds) beside the study's reported number, one bar per experiment."""
-    rows = sorted(rows, key=lambda r: r.mean)
+    """Our final test accuracy (mean ± std over seeds) beside the study's reported number, one bar per experiment
+    (those whose every seed diverged have none)."""
+    rows = sorted((r for r in rows if r.accuracies), key=lambda r: r.mean)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
     ys = range(len(rows))
     ax.barh(list(ys), [r.mean for r in rows], xerr=[r.std for r in rows], color="#4c72b0", alpha=0.85,
@@ -65,7 +66,7 @@ def plot_comparison(rows: list[Row], path: Path) -> Path:
     if paper_x:
         ax.scatter(paper_x, paper_y, marker="D", color="#dd8452", zorder=3, label="the study's reported")
     ax.set_yticks(list(ys), [f"{r.experiment}{' †' if r.watched_test else ''} ({r.epochs} ep)" for r in rows])
-    low = min([r.mean - r.std for r in rows] + paper_x)
+    low = min([r.mean - r.std for r in rows] + paper_x, default=90.0)
     ax.set_xlim(max(0.0, low - 5), 100)
     ax.set_xlabel("test accuracy (%)")
     ax.grid(axis="x", alpha=0.3)

@@ -20,7 +20,10 @@ def _mark(row: Row) -> str:
 
 
 def _acc(row: Row) -> str:
-    return f"{row.mean:.2f} ± {row.std:.2f}" if len(row.accuracies) > 1 else f"{row.mean:.2f}"
+    if not row.accuracies:
+        return "diverged"
+    text = f"{row.mean:.2f} ± {row.std:.2f}" if len(row.accuracies) > 1 else f"{row.mean:.2f}"
+    return text + (f" ({len(row.diverged)} of {len(row.seeds)} diverged)" if row.diverged else "")
 
 
 def _paper(row: Row) -> str:
@@ -49,7 +52,7 @@ def markdown_table(rows: list[Row]) -> str:
 def top3_table(rows: list[Row]) -> str:
     """The study's Table 1 form: the three best by our mean final test accuracy (search trials, scored on validation
     images, are not ranked against test accuracies)."""
-    best = sorted((r for r in rows if not r.validation_only), key=lambda r: r.mean, reverse=True)[:3]
+    best = sorted((r for r in rows if not r.validation_only and r.accuracies), key=lambda r: r.mean, reverse=True)[:3]
     lines = ["| rank | experiment | model | parameters | test accuracy (%) | paper (%) |",
              "|---:|---|---|---:|---:|---:|"]
     for i, r in enumerate(best, 1):
@@ -63,10 +66,10 @@ def csv_table(rows: list[Row]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["experiment", "model", "params", "macs", "epochs", "schedule", "optimizer", "seeds",
                 "test_acc_mean", "test_acc_std", "test_acc_per_seed", "wall_seconds_mean", "paper_accuracy",
-                "plateau_watched_test", "validation_only"])
+                "plateau_watched_test", "validation_only", "diverged_seeds"])
     for r in rows:
         w.writerow([r.experiment, r.model, r.params, r.macs, r.epochs, r.schedule, r.optimizer, len(r.seeds),
                     f"{r.mean:.4f}", f"{r.std:.4f}", " ".join(f"{a:.2f}" for a in r.accuracies),
                     f"{r.wall_seconds:.1f}", " ".join(f"{a:g}" for a in r.paper_accuracy), r.watched_test,
-                    r.validation_only])
+                    r.validation_only, " ".join(map(str, r.diverged))])
     return buf.getvalue()

@@ -41,7 +41,7 @@ from .._defaults import HEARTBEAT_SECONDS
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET
 from ..models.budget import MAX_PARAMS
-from ..train import ConfigError, TrainingError, config_to_dict, train_run
+from ..train import ConfigError, DivergedError, config_to_dict, train_run
 from ..train.config import LIMITS, MAX_SEED
 from .space import Rejected, Space, check_trial, fill_budget, load_space, trial_config
 
@@ -298,7 +298,7 @@ class Objective:
         try:
             summary = train_run(config, run_dir, data=self.data, progress=False, on_epoch_end=on_epoch_end,
                                 use_test=False, time_limit=s.trial_seconds, started=start)
-        except TrainingError as e:  # diverged: a result of the drawn recipe, and as bad as results go
+        except DivergedError as e:  # a result of the drawn recipe, and as bad as results go
             trial.set_user_attr("stopped", f"diverged: {e}")
             raise optuna.TrialPruned(str(e)) from None
         except ConfigError as e:  # what only the data's size shows (a batch larger than what drop_easy keeps)

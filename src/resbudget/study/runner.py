@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from .._defaults import HEARTBEAT_SECONDS
 from .._io import write_text
 from ..data import CIFAR10, load_cifar10
-from ..train import Config, ConfigError, load_config, scale_epochs, train_run
+from ..train import Config, ConfigError, DivergedError, load_config, scale_epochs, train_run
 
 # A source checkout keeps its studies in <repo>/experiments/<name>/; the current folder's experiments/ comes first.
 _REPO_EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
@@ -84,11 +85,20 @@ def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: lis
             print(f"[{i}/{len(runs)}] {name} seed {seed} -> {run_dir}", file=stream, flush=True)
         if data is None:  # loaded and verified once for the whole study
             data = load_cifar10(data_dir)
-        # finished or interrupted: resume (a finished run returns at once)
-        started = (run_dir / "config.toml").is_file()
-        summary = train_run(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
+        summary = _train(config, run_dir, data, progress, stream)
         summaries.append({"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary})
     return _write_study_json(out_dir, summaries)
+
+
+def _train(config: Config, run_dir: Path, data: CIFAR10, progress: bool, stream: TextIO | None) -> dict[str, Any]:
+    """One run of the study, started, resumed (a finished one returns at once) or found diverged: a diverged run is
+    a result (its summary says where), said in one line, and the study goes on."""
+    started = (run_dir / "config.toml").is_file()
+    try:
+        return train_run(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
+    except DivergedError as e:
+        print(f"warning: {run_dir}: {e}", file=stream or sys.stderr, flush=True)
+        return e.summary
 
 
 def _write_study_json(out_dir: Path, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -115,9 +125,7 @@ def _run_shared(study: str | os.PathLike, runs: list[tuple[str, int, Config]], o
             print(f"{name} seed {seed} -> {run_dir}", file=stream, flush=True)
         if not loaded:
             loaded.append(load_cifar10(data_dir))
-        started = (run_dir / "config.toml").is_file()
-        summary = train_run(by_job[(name, seed)], run_dir, resume=started, data=loaded[0], progress=progress,
-                            stream=stream)
+        summary = _train(by_job[(name, seed)], run_dir, loaded[0], progress, stream)
         return {"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary}
 
     jobs = [{"experiment": name, "seed": seed} for name, seed, _ in runs]

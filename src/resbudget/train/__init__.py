@@ -23,12 +23,12 @@ from .config import (
                      scale_epochs,
 )
 from .evaluate import autocast, batched_outputs, evaluate, evaluate_checkpoint, select_device, tta_mode
-from .fit import TrainingError, TrainingState, fit
+from .fit import DivergedError, TrainingError, TrainingState, fit
 from .optim import make_optimizer
 from .run import RunFolderError, calibrate_run, host_cpu, train_run
 from .schedules import Schedule
 
-__all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "ExperimentConfig", "OptimConfig",
+__all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "DivergedError", "ExperimentConfig", "OptimConfig",
            "RunFolderError", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError", "TrainingState", "autocast",
            "batched_outputs", "calibrate_run", "config_from_dict", "config_to_dict", "config_to_toml",
            "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config", "load_model",

@@ -139,13 +139,21 @@ def weights_path(source: str | os.PathLike, allow_unfinished: bool = False) -> P
     source = Path(source)
     if not source.is_dir():
         return source
-    if not allow_unfinished and not (source / "summary.json").exists():
-        state = source / "state.safetensors"
-        how = (f"resume it (resbudget train --resume --out {source})" if state.exists() else
-               "it has no training state either")
+    weights, summary = source / "model.safetensors", source / "summary.json"
+    if summary.exists():
+        diverged = read_summary(summary).get("diverged")
+        if diverged and not allow_unfinished:
+            raise CheckpointError(f"{source}: the run diverged (epoch {diverged['epoch']}, step {diverged['step']}): "
+                                  "there is no trained net; pass --allow-unfinished to use the weights of its last "
+                                  "finite epoch")
+    elif not allow_unfinished:
+        how = (f"resume it (resbudget train --resume --out {source})" if (source / "state.safetensors").exists()
+               else "it has no training state either")
         raise CheckpointError(f"{source}: the run has not finished (no summary.json); {how}, or pass "
-                              "--allow-unfinished to use the weights it holds")
-    return source / "model.safetensors"
+                              "--allow-unfinished to use the weights of its last finished epoch")
+    if not weights.exists() and allow_unfinished:
+        raise CheckpointError(f"{source}: the run has no weights yet (it ended before its first epoch did)")
+    return weights
 
 
 def load_model(path: str | os.PathLike, *, budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False,

@@ -8,7 +8,6 @@ the net's device and a :class:`TrainingState`, and after each epoch hands a row 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,44 @@ from .step import TrainStep
 
 class TrainingError(RuntimeError):
     pass
+
+
+class DivergedError(TrainingError):
+    """Training stopped being finite: the loss of a step, or the weights after an epoch, became inf or NaN. A result
+    of the recipe, not a fault of the program: ``epoch`` and ``step`` (1-based) say where, ``summary`` is the run's
+    record of it where a run folder wrote one."""
+
+    def __init__(self, message: str, epoch: int, step: int, summary: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.epoch, self.step, self.summary = epoch, step, summary
+
+
+CHECK_EVERY = 20  # steps between two looks at whether the loss is still finite (a device sync on a GPU)
+
+
+def diverged(epoch: int, step: int, steps: int, what: str, lr: float, precision: str) -> DivergedError:
+    """The error that ends a diverged run: where, what, and what to try (``lr``: the recipe's optim.lr)."""
+    tries = f"try a lower optim.lr (it is {lr:.3g}: e.g. --set optim.lr={lr / 4:.3g})"
+    if precision == "bf16":
+        tries += " or train.precision=fp32"
+    return DivergedError(f"training diverged in epoch {epoch}, step {step} of {steps}: {what}; {tries}", epoch, step)
+
+
+def check_loss(first_bad: torch.Tensor, epoch: int, steps: int, lr: float, precision: str) -> None:
+    """:class:`DivergedError` if a step of epoch ``epoch`` (0-based) had a loss that was not finite: ``first_bad``
+    holds the first such step's index, or -1."""
+    bad = int(first_bad)
+    if bad >= 0:
+        raise diverged(epoch + 1, bad + 1, steps, "its loss was not finite", lr, precision)
+
+
+def finite_state(state: TrainingState) -> bool:
+    """Whether every floating-point tensor of the net (weights and BatchNorm statistics) and of its weight average
+    is finite."""
+    tensors = [t for t in state.model.state_dict().values() if t.is_floating_point()]
+    if state.average is not None:
+        tensors += state.average.tensors
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
 @dataclass
@@ -124,7 +161,11 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
 
     ``stop`` (a time limit) is asked after every step, with the training images per second of the epoch so far: a
     reason ends training there, the epoch cut short still evaluated and ended as any other, the reason kept in
-    ``state.stopped``."""
+    ``state.stopped``.
+
+    A step whose loss is not finite, or an epoch after which a weight is not, raises :class:`DivergedError` naming the
+    first such step (looked at every ``CHECK_EVERY`` steps and at the end of each epoch), before that epoch ends:
+    ``state`` then holds the weights of that step, and the last ended epoch is the last finite one."""
     model, t, device = state.model, config.train, train.images.device
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train), t.batch_size
@@ -142,6 +183,7 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
             train_stem_bias_(model, epoch < t.stem_bias_epochs)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
+        first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # the first step whose loss was not finite
         for step in range(steps):
             lr = state.schedule.lr(epoch + step / steps)
             set_lr(state.optimizer, lr, config.optim.lr)
@@ -157,6 +199,9 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
             if state.last_loss is not None:
                 state.last_loss[idx] = losses.detach().float()
             loss_sum += loss.detach().float()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            if (step + 1) % CHECK_EVERY == 0:
+                check_loss(first_bad, epoch, steps, config.optim.lr, t.precision)
             correct += (logits.argmax(1) == y).sum()
             show.step(epoch + 1, step + 1, steps, loss.detach())
             if stop is not None and (step + 1 < steps or epoch + 1 < t.epochs):  # not after the very last step
@@ -164,9 +209,11 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
                 if state.stopped:
                     steps = step + 1
                     break
+        check_loss(first_bad, epoch, steps, config.optim.lr, t.precision)
+        if not finite_state(state):
+            raise diverged(epoch + 1, steps, steps, "its weights were no longer finite (every loss of the epoch was)",
+                           config.optim.lr, t.precision)
         train_loss = float(loss_sum) / steps
-        if not math.isfinite(train_loss):
-            raise TrainingError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr")
         train_seconds = time.perf_counter() - epoch_start
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": int(correct) / (steps * bs)}
         with state.evaluated():

@@ -51,7 +51,7 @@ from .config import (
     config_to_toml,
 )
 from .evaluate import eval_options, evaluate, select_device, view_logits
-from .fit import TrainingState, fit, images_kept
+from .fit import DivergedError, TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
 from .tta import VIEWS
 
@@ -327,9 +327,13 @@ def train_run(
                           "a schedule that does not watch the test set")
     with hold_run_folder(out_dir, resume):
         state_path = out_dir / "state.safetensors"
-        if resume and not state_path.is_file() and (out_dir / "summary.json").is_file():
+        if resume and (out_dir / "summary.json").is_file():  # written last: the run has ended
+            summary = read_summary(out_dir / "summary.json")
+            if summary.get("diverged"):
+                raise DivergedError(summary["diverged"]["reason"], summary["diverged"]["epoch"],
+                                    summary["diverged"]["step"], summary)
             show.message(f"{out_dir} is already finished ({config.train.epochs} epochs); nothing to resume")
-            return read_summary(out_dir / "summary.json")
+            return summary
         saved = load_state(state_path) if resume and state_path.is_file() else None
         run = prepare_run(config, data if data is not None else data_dir, device, use_test)
         return _train_in_folder(config, out_dir, run, saved, show, on_epoch_end, wall_start, params, time_limit,
@@ -374,8 +378,11 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
         return state.wall_before + time.perf_counter() - wall_start
 
     def end_epoch(state: TrainingState, row: dict[str, Any]) -> None:
+        check_folder(out_dir)
         log.append(row)
         show.epoch(row)
+        with state.evaluated():  # the weights the epoch's numbers are of: what --allow-unfinished reads
+            save_weights(run.model, config.model, out_dir / "model.safetensors", extra={"epoch": str(state.epoch)})
         save_state(state.state_dict(wall_seconds=wall()), out_dir / "state.safetensors")
         if on_epoch_end is not None:
             on_epoch_end(state.epoch, row)
@@ -388,14 +395,23 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
         return (f"time limit of {time_limit:.0f} s: training stopped in epoch {state.epoch + 1} of "
                 f"{config.train.epochs}, leaving time for the final evaluation")
 
-    fit(config, run.train, state, evaluate_epoch=lambda epoch: evaluate_epoch(run.model, config, run.val, run.test),
-        monitor=config.monitored, end_epoch=end_epoch, show=show, stop=over_time if time_limit else None)
+    try:
+        fit(config, run.train, state, evaluate_epoch=lambda epoch: evaluate_epoch(run.model, config, run.val,
+                                                                                 run.test),
+            monitor=config.monitored, end_epoch=end_epoch, show=show, stop=over_time if time_limit else None)
+    except DivergedError as e:  # a result: recorded as the run's end, the last finite epoch's files kept
+        check_folder(out_dir)
+        e.summary = run_summary(config, run, log.rows, None, None, state, params, round(wall(), 2), time_limit,
+                                diverged={"epoch": e.epoch, "step": e.step, "reason": str(e)})
+        write_text(out_dir / "summary.json", json.dumps(e.summary, indent=2) + "\n")
+        raise
     if state.stopped:
         show.message(f"note: {state.stopped}")
     model = state.finished_model()
     final = final_evaluation(model, config, *((run.test, "test") if run.test is not None else (run.val, "validation")))
     log.finish({"test_loss": final["loss"], "test_acc": final["accuracy"]} if final["split"] == "test" else {})
     calibration = run_calibration(model, config.train, run.val, final)
+    check_folder(out_dir)
     extra = {"epoch": str(state.epoch)} | ({"temperature": repr(calibration["temperature"])} if calibration else {})
     save_weights(model, config.model, out_dir / "model.safetensors", extra=extra)
     summary = run_summary(config, run, log.rows, final, calibration, state, params, round(wall(), 2), time_limit)
@@ -405,6 +421,14 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
     (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
     show.message(final_message(config, final, summary["wall_seconds"], out_dir))
     return summary
+
+
+def check_folder(out_dir: Path) -> None:
+    """A run stops, writing nothing more, where its folder (or the config.toml in it) has gone while it trained:
+    what it would write would otherwise make a folder that looks like a run but cannot be read as one."""
+    if not (out_dir / "config.toml").is_file():
+        raise RunFolderError(f"{out_dir} (or its config.toml) was removed while the run trained in it; the run stops "
+                             "here and writes nothing more")
 
 
 def run_notes(config: Config) -> list[str]:
@@ -419,12 +443,16 @@ def final_message(config: Config, final: dict[str, Any], wall_seconds: float, ou
             f"epochs ({wall_seconds:.0f} s) -> {out_dir}")
 
 
-def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final: dict[str, Any],
+def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final: dict[str, Any] | None,
                 calibration: dict[str, Any] | None, state: TrainingState, params: int,
-                wall_seconds: float, time_limit: float | None = None) -> dict[str, Any]:
+                wall_seconds: float, time_limit: float | None = None,
+                diverged: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json: what the run reached (the finished net on its held-out split), what it cost, and everything
-    needed to trace it (code, machine, data, config)."""
-    t, last, device = config.train, rows[-1], run.train.images.device
+    needed to trace it (code, machine, data, config). A run that diverged (``diverged``: epoch, step and reason)
+    reached nothing: no ``final`` evaluation, its accuracies None."""
+    t, last, device = config.train, (rows[-1] if rows else {}), run.train.images.device
+    final = final or {"split": "test" if run.test is not None else "validation", "loss": None, "accuracy": None,
+                      "accuracy_tta": None, "seconds": 0.0}
     on_test = final["split"] == "test"
     commit, dirty = git_state()
     return {
@@ -439,9 +467,10 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
         "test_accuracy": final["accuracy"] if on_test else None,
         "test_loss": final["loss"] if on_test else None,
         "test_accuracy_tta": final["accuracy_tta"] if on_test else None,  # with the t.tta views
-        "val_accuracy": last["val_acc"],
+        "val_accuracy": last.get("val_acc"),
         **({} if on_test else {"val_accuracy_tta": final["accuracy_tta"], "test_set_used": False}),
-        "train_accuracy": last["train_acc"],
+        "train_accuracy": last.get("train_acc"),
+        "diverged": diverged,  # where training stopped being finite (epoch, step, reason), or None
         "calibration": calibration,
         "wall_seconds": wall_seconds,
         "time_limit": time_limit,  # seconds the whole run was given (train --minutes, search --trial-minutes)
@@ -451,7 +480,7 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
         # its TTA, with the data already on the device; build, checkpoints and per-epoch evaluations are left out.
         "whiten_seconds": round(run.whiten_seconds, 4),
         "final_eval_seconds": round(final["seconds"], 4),
-        "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
+        "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows) if rows else None,
         # the training step recorded as a CUDA graph (train/step.py): whether, how often, at what cost
         "step_graph": state.step.graphed,  # fit makes the step, even when no epoch was left to run
         "graph_captures": state.step.captures,
