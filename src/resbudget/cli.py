@@ -26,6 +26,11 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's
+        # No abbreviated options: each option has one spelling, which the workers' command lines (--jobs) rely on
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override] - raises instead of printing the usage
         raise UsageError(f"{message} (see {self.prog} --help)")
 
@@ -133,11 +138,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def train_for_minutes(args: argparse.Namespace) -> int:
     from .data import download_cifar10
     from .train import train_run
+    from .train.run import check_new_run_folder
     from .train.timed import format_plan, plan
 
     if args.config or args.resume:
         raise ValueError("--minutes chooses the recipe for the time: give no recipe, and start a new run (a run "
                          "cut short is not resumed under a time limit)")
+    out = args.out or Path("runs") / f"minutes{args.minutes:g}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if not args.plan:
+        check_new_run_folder(Path(out))  # before the speed probe, which takes a while
     if args.download and not args.plan:
         download_cifar10(args.data_dir)
     config, record = plan(args.minutes, budget=args.budget, overrides=tuple(args.set or []),
@@ -148,7 +157,6 @@ def train_for_minutes(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"--minutes {args.minutes:g}: {record['chosen']}, {record['epochs']} epochs, {record['params']:,} "
               f"params: {record['why']}; expected {record['expected_accuracy']}", flush=True)
-    out = args.out or Path("runs") / f"minutes{args.minutes:g}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     summary = train_run(config, out, data_dir=args.data_dir, allow_over_budget=args.allow_over_budget,
                         progress=not args.quiet,
                         time_limit=args.minutes * 60, started=args.started, time_plan=record)
@@ -162,10 +170,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
 
     limits = dict(budget=args.budget, allow_over_budget=args.allow_over_budget)
+    figure = None
+    if args.figure:
+        from .report import figure_path
+
+        figure = figure_path(args.figure)  # checked before the evaluation, which takes a while
     model = load_ensemble(args.checkpoint, **limits) if is_ensemble(args.checkpoint) else None
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
                                  precision=args.precision, model=model, corruptions=args.images if args.corruptions
                                  else 0, seed=args.seed, allow_unfinished=args.allow_unfinished, **limits)
+    if figure is not None:
+        from .report import plot_reliability
+
+        written = plot_reliability(result["calibration"], figure, str(args.checkpoint))
+        print(f"reliability diagram written to {written}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -183,10 +201,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  f"{c['test_ece_calibrated']:.4f}" if c["temperature"] != 1.0 else " (no temperature fitted)"))
         print("accuracy on the most confident " + ", ".join(f"{100 * float(k):.0f}%: {100 * v:.2f}%" for k, v in
                                                             c["accuracy_at_coverage"].items()))
-        if args.figure:
-            from .report import plot_reliability
-
-            print(f"reliability diagram written to {plot_reliability(c, args.figure, str(args.checkpoint))}")
     if "robustness" in result:
         r = result["robustness"]
         print(f"\ncorruptions of the first {r['images']:,} test images (seed {r['seed']}); clean "

@@ -8,7 +8,14 @@ from pathlib import Path
 from .._io import write_text
 from ..models import ModelSpec
 from .collect import ReportError, Row, Run, find_runs, summarize_runs
-from .figures import plot_accuracy_time, plot_architecture, plot_comparison, plot_curves, plot_reliability
+from .figures import (
+    figure_path,
+    plot_accuracy_time,
+    plot_architecture,
+    plot_comparison,
+    plot_curves,
+    plot_reliability,
+)
 from .tables import csv_table, markdown_table, top3_table
 
 
@@ -39,5 +46,5 @@ def build_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
 
 __all__ = ["ReportError", "Row", "Run", "build_report", "csv_table", "find_runs", "markdown_table",
-           "plot_accuracy_time", "plot_architecture", "plot_comparison", "plot_curves", "plot_reliability",
-           "summarize_runs", "top3_table"]
+           "figure_path", "plot_accuracy_time", "plot_architecture", "plot_comparison", "plot_curves",
+           "plot_reliability", "summarize_runs", "top3_table"]

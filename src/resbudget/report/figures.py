@@ -172,7 +172,28 @@ def plot_reliability(calibration: dict, path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def figure_path(path: str | Path) -> Path:
+    """The file a figure named ``path`` is written to: ``path`` itself, or with ``.png`` added where it has no
+    suffix. A folder, or a suffix other than .png, .pdf and .svg, is refused (``ValueError``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; name the figure's file, e.g. {path / 'reliability.png'}")
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise ValueError(f"{path}: a figure is written as {', '.join(FIGURE_SUFFIXES)}, not {path.suffix}")
+    return path
+
+
 def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    try:
+        path = figure_path(path)
+    except ValueError:
+        plt.close(fig)
+        raise
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -41,7 +41,7 @@ from .._defaults import HEARTBEAT_SECONDS
 from ..data import CIFAR10, load_cifar10
 from ..models import DEFAULT_BUDGET
 from ..models.budget import MAX_PARAMS
-from ..train import ConfigError, DivergedError, config_to_dict, train_run
+from ..train import Config, ConfigError, DivergedError, config_to_dict, train_run
 from ..train.config import LIMITS, MAX_SEED
 from .space import Rejected, Space, check_trial, fill_budget, load_space, trial_config
 
@@ -260,7 +260,7 @@ class Objective:
                 config = dataclasses.replace(config, model=fill_budget(config.model, s.budget, s.macs_budget))
             params, macs = check_trial(config, s.macs_budget)
             if s.trial_seconds is not None:
-                check_first_epoch(trial.study, macs, len(self.data.train) - s.val_size, s.trial_seconds)
+                check_first_epoch(trial.study, macs, trained_images(config, len(self.data.train)), s.trial_seconds)
         except Rejected as e:
             trial.set_user_attr("rejected", str(e))
             raise optuna.TrialPruned(str(e)) from None
@@ -322,6 +322,13 @@ class Objective:
             trial.set_user_attr("stopped", f"over time: {summary['wall_seconds']:.0f} s")
             raise optuna.TrialPruned()
         return value
+
+
+def trained_images(config: Config, available: int) -> int:
+    """The images a trial's first epoch trains on, of the ``available`` training images: those left beside its
+    validation split, at most ``data.train_limit`` of them (as the run's own splits are carved)."""
+    left = available - config.data.val_size
+    return min(left, config.data.train_limit) if config.data.train_limit else left
 
 
 def check_first_epoch(study: optuna.Study, macs: int, train_images: int, limit: float) -> None:

@@ -43,8 +43,23 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike,
                  extra: dict[str, str] | None = None) -> None:
     metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), **(extra or {})}
-    with atomic_path(path) as tmp:
-        save_file(plain_state_dict(model), str(tmp), metadata=metadata)
+    _write_safetensors(plain_state_dict(model), path, metadata)
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """One safetensors file, written atomically; a failed write (a full disk) raises ``CheckpointError`` in one line
+    and leaves the file it would replace as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    except Exception as e:  # safetensors raises its own error type for I/O failures
+        reason = " ".join(str(e).split())
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        elif "No space left on device" in reason:
+            reason = "No space left on device"
+        raise CheckpointError(f"{path}: could not be written ({reason[:200]}); any earlier version of it is "
+                              "unchanged") from None
 
 
 def _read(path: Path, missing: str, unreadable: str,
@@ -197,8 +212,7 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
     """One file, written atomically: the tensors, with the JSON structure in the safetensors metadata."""
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(state, tensors)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "resbudget-state-v1", "structure": json.dumps(structure)})
+    _write_safetensors(tensors, path, {"format": "resbudget-state-v1", "structure": json.dumps(structure)})
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -126,6 +126,12 @@ def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> Confi
         return stored
     if config is None:
         raise ConfigError("a config is needed to start a run")
+    check_new_run_folder(out_dir)
+    return config
+
+
+def check_new_run_folder(out_dir: Path) -> None:
+    """A new run needs ``out_dir`` absent or an empty folder (``RunFolderError`` otherwise)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError(f"{out_dir} is not a folder; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -133,7 +139,6 @@ def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> Confi
             f"{out_dir} is not empty; pass --resume to continue the run in it, or choose another --out folder "
             "(nothing in it is overwritten)"
         )
-    return config
 
 
 @contextlib.contextmanager
@@ -166,7 +171,7 @@ def hold_run_folder(out_dir: Path, resume: bool) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            if created and not any(out_dir.iterdir()):
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()
             raise
 
@@ -379,11 +384,16 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
 
     def end_epoch(state: TrainingState, row: dict[str, Any]) -> None:
         check_folder(out_dir)
-        log.append(row)
+        try:
+            log.append(row)
+            with state.evaluated():  # the weights the epoch's numbers are of: what --allow-unfinished reads
+                save_weights(run.model, config.model, out_dir / "model.safetensors",
+                             extra={"epoch": str(state.epoch)})
+            save_state(state.state_dict(wall_seconds=wall()), out_dir / "state.safetensors")
+        except (CheckpointError, OSError) as e:
+            raise RunFolderError(f"{e}; the run stops, its folder holding the last epoch it saved: make room, then "
+                                 f"continue it with resbudget train --resume --out {out_dir}") from None
         show.epoch(row)
-        with state.evaluated():  # the weights the epoch's numbers are of: what --allow-unfinished reads
-            save_weights(run.model, config.model, out_dir / "model.safetensors", extra={"epoch": str(state.epoch)})
-        save_state(state.state_dict(wall_seconds=wall()), out_dir / "state.safetensors")
         if on_epoch_end is not None:
             on_epoch_end(state.epoch, row)
 
