@@ -133,3 +133,28 @@ def test_the_first_epoch_check_counts_the_images_a_trial_trains_on():
     assert trained_images(tiny_config("data.val_size=5000", "data.train_limit=3000"), 50_000) == 3000
     assert trained_images(tiny_config("data.val_size=5000"), 50_000) == 45_000
     assert trained_images(tiny_config("data.val_size=100", "data.train_limit=3000"), 1_000) == 900
+
+
+def test_a_trial_whose_evaluation_cannot_fit_its_minutes_is_rejected_not_run(tmp_path, small_cifar, monkeypatch,
+                                                                             capsys):
+    """search --trial-minutes: the trial's evaluations are timed on its net before training; one that could not
+    score its validation split within the limit is rejected at once, and the search goes on."""
+    from resbudget.search import load_space, run_search
+    from resbudget.train import run as run_module
+
+    from .test_search import TINY_SPACE, settings_for
+
+    real, calls = run_module.seconds_per_view, []
+
+    def slow_first(*args):
+        calls.append(1)
+        return 1.0 if len(calls) == 1 else real(*args)  # the first trial's net: a second an image
+
+    monkeypatch.setattr(run_module, "seconds_per_view", slow_first)
+    path = tmp_path / "space.toml"
+    path.write_text(TINY_SPACE)
+    study = run_search("t", trials=1, out_dir=tmp_path / "t", data=small_cifar, heartbeat=1,
+                       settings=settings_for(load_space(path), trial_seconds=30.0))
+    first, second = study.trials
+    assert "cannot be kept" in first.user_attrs["rejected"] and second.state.name == "COMPLETE"
+    assert second.user_attrs["seconds"] <= 1.1 * 30.0

@@ -126,3 +126,71 @@ def test_train_minutes_from_the_command_line_ends_within_its_minutes(tmp_path, m
     assert plan_["probe_step_seconds"] == 0.05 and plan_["minutes"] == 0.25
     assert summary["time_limit"] == 15.0 and summary["wall_seconds"] <= 1.05 * 15.0
     assert summary["epochs"] == plan_["epochs"] and summary["test_accuracy_tta"] is not None
+
+
+def test_a_limit_no_recipe_can_keep_is_refused_with_the_least_that_can():
+    with pytest.raises(TimeBudgetError, match=r"--minutes 0.1 cannot be kept on this machine: the shortest run, "
+                                              r"default-e3 cut to 1 epoch, is predicted to take \d+ s") as e:
+        plan(0.1, device=CPU, step_seconds=STEP)
+    least = e.value.record["least_minutes"]
+    assert f"give --minutes {least:g} or more" in str(e.value)
+    _, record = plan(least, device=CPU, step_seconds=STEP)  # the least it names is kept
+    assert record["epochs"] >= 1 and record["predicted_seconds"] <= MARGIN * least * 60
+
+
+def test_plan_shows_the_table_then_refuses_a_limit_it_cannot_keep(tmp_path, monkeypatch, capsys):
+    from resbudget.train import timed
+
+    monkeypatch.setattr(timed, "probe_step_seconds", lambda device: STEP)
+    assert main(["train", "--minutes", "0.1", "--plan"]) == 2
+    out = capsys.readouterr()
+    assert "s of the 0.1 minutes are left" in out.out and "default-e3" in out.out
+    assert "<- chosen" not in out.out and out.err.count("\n") == 1 and "cannot be kept" in out.err
+    with pytest.raises(TimeBudgetError) as e:
+        plan(0.1, device=CPU, step_seconds=STEP, elapsed=7.0)  # the process's start took longer than the limit
+    assert "nothing of the 0.1 minutes is left for the run" in timed.format_plan(e.value.record)
+
+
+def test_the_evaluations_views_are_cut_to_fit_a_limit_or_the_run_refused():
+    from resbudget.train.deadline import Evaluations, TimeLimitError, tta_that_fits
+
+    evaluations = Evaluations(seconds_per_view=0.001, per_epoch=0, final=10_000, fit=0)  # 10 s a view
+    assert tta_that_fits(evaluations, "flip-shift4", 100.0, 100.0) == "flip-shift4"  # 40 s of 100
+    assert tta_that_fits(evaluations, "flip-shift4", 50.0, 50.0) == "flip"  # 20 s of 50
+    assert tta_that_fits(evaluations, "flip-shift4", 15.0, 15.0) == "none"  # 10 s fits, not under half
+    with pytest.raises(TimeLimitError, match="cannot be kept: one training step and the evaluations after it would "
+                                             "take about 14 s of the 12 s left"):
+        tta_that_fits(evaluations, "flip-shift4", 12.0, 12.0, step_seconds=4.0)
+
+
+def test_a_run_whose_evaluation_would_not_fit_is_refused_before_training(tmp_path, small_cifar, monkeypatch):
+    from resbudget.train import deadline, run
+    from resbudget.train.deadline import TimeLimitError
+
+    monkeypatch.setattr(run, "seconds_per_view", lambda *args: 1.0)  # a net that scores one image a second
+    with pytest.raises(TimeLimitError, match="the time limit of 5 s cannot be kept"):
+        train_run(tiny_config(), tmp_path / "run", data=small_cifar, progress=False, time_limit=5.0)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert deadline.EVAL_SHARE_MAX < 1
+
+
+def test_a_run_whose_tta_would_not_fit_is_scored_with_fewer_views_and_says_so(tmp_path, small_cifar, monkeypatch):
+    from resbudget.train import run
+
+    # 256 test images, scored after each epoch (the study's recipe) and then with each view, at 0.01 s an image: 7.7 s
+    # with the 2 views of flip, 17.9 s with the 6 of flip-shift, beside a 20 s limit
+    monkeypatch.setattr(run, "seconds_per_view", lambda *args: 0.01)
+    stream = __import__("io").StringIO()
+    summary = train_run(tiny_config("train.tta=flip-shift", "train.epochs=1"), tmp_path / "run", data=small_cifar,
+                        stream=stream, time_limit=20.0)
+    assert summary["tta"] == "flip" and summary["test_accuracy_tta"] is not None
+    assert "the time limit holds the final evaluation to flip TTA (2 view(s) of 6)" in stream.getvalue()
+
+
+def test_a_long_run_of_a_tiny_net_ends_within_its_limit_measured_from_outside(tmp_path, small_cifar):
+    import time
+
+    start = time.perf_counter()
+    summary = train_run(tiny_config("train.epochs=1000", "train.tta=flip"), tmp_path / "run", data=small_cifar,
+                        progress=False, time_limit=4.0)
+    assert time.perf_counter() - start <= 1.1 * 4.0 and summary["stopped"]

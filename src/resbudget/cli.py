@@ -139,7 +139,7 @@ def train_for_minutes(args: argparse.Namespace) -> int:
     from .data import download_cifar10
     from .train import train_run
     from .train.run import check_new_run_folder
-    from .train.timed import format_plan, plan
+    from .train.timed import TimeBudgetError, format_plan, plan
 
     if args.config or args.resume:
         raise ValueError("--minutes chooses the recipe for the time: give no recipe, and start a new run (a run "
@@ -149,13 +149,19 @@ def train_for_minutes(args: argparse.Namespace) -> int:
         check_new_run_folder(Path(out))  # before the speed probe, which takes a while
     if args.download and not args.plan:
         download_cifar10(args.data_dir)
-    config, record = plan(args.minutes, budget=args.budget, overrides=tuple(args.set or []),
-                          elapsed=time.perf_counter() - args.started)
+    try:
+        config, record = plan(args.minutes, budget=args.budget, overrides=tuple(args.set or []),
+                              elapsed=time.perf_counter() - args.started)
+    except TimeBudgetError as e:
+        if args.plan and e.record is not None:  # the table that shows why, then the one-line error
+            print(format_plan(e.record))
+        raise
     if args.plan:
         print(format_plan(record))
         return 0
     if not args.quiet:
-        print(f"--minutes {args.minutes:g}: {record['chosen']}, {record['epochs']} epochs, {record['params']:,} "
+        epochs = f"{record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}"
+        print(f"--minutes {args.minutes:g}: {record['chosen']}, {epochs}, {record['params']:,} "
               f"params: {record['why']}; expected {record['expected_accuracy']}", flush=True)
     summary = train_run(config, out, data_dir=args.data_dir, allow_over_budget=args.allow_over_budget,
                         progress=not args.quiet,

@@ -50,6 +50,7 @@ from .config import (
     config_to_dict,
     config_to_toml,
 )
+from .deadline import RESERVE_SECONDS, Evaluations, first_step_seconds, seconds_per_view, tta_that_fits
 from .evaluate import eval_options, evaluate, select_device, view_logits
 from .fit import DivergedError, TrainingState, fit, images_kept
 from .metrics import MetricsLog, Progress
@@ -275,19 +276,22 @@ def prepare_run(config: Config, data: CIFAR10 | str | os.PathLike | None, device
     return Prepared(model, model_summary, data, train, val, test if use_test else None, whiten_seconds)
 
 
-def final_evaluation(model: ResNet, config: Config, held_out: Split, which: str) -> dict[str, Any]:
+def final_evaluation(model: ResNet, config: Config, held_out: Split, which: str, tta: str | None = None
+                     ) -> dict[str, Any]:
     """The finished net on its held-out split (``which``: "test", or "validation" for a search trial), with the
-    recipe's TTA from the same pass, and the seconds it took (counted in GPU speed records' time). ``logits``: the
-    mean logits over the TTA views, what every command's probabilities come from; ``labels``: the split's."""
+    recipe's TTA (or ``tta``, where a time limit cut it) from the same pass, and the seconds it took (counted in GPU
+    speed records' time). ``logits``: the mean logits over the TTA views, what every command's probabilities come
+    from; ``labels``: the split's."""
+    tta = tta or config.train.tta
     start = time.perf_counter()
-    views = view_logits(model, held_out, tta=config.train.tta, **eval_options(config.train))
+    views = view_logits(model, held_out, tta=tta, **eval_options(config.train))
     if held_out.images.device.type == "cuda":
         torch.cuda.synchronize(held_out.images.device)
     seconds = time.perf_counter() - start
     alone, logits = calibration_metrics(views[0], held_out.labels), views.mean(0)
-    tta = float((logits.argmax(1) == held_out.labels).double().mean()) if config.train.tta != "none" else None
-    return {"split": which, "loss": alone["nll"], "accuracy": alone["accuracy"], "accuracy_tta": tta,
-            "seconds": seconds, "logits": logits, "labels": held_out.labels}
+    with_tta = float((logits.argmax(1) == held_out.labels).double().mean()) if tta != "none" else None
+    return {"split": which, "loss": alone["nll"], "accuracy": alone["accuracy"], "accuracy_tta": with_tta,
+            "tta": tta, "seconds": seconds, "logits": logits, "labels": held_out.labels}
 
 
 def train_run(
@@ -345,22 +349,16 @@ def train_run(
                                 time_plan)
 
 
-# The seconds a forward pass takes per image, per second a training step takes per image: scoring the held-out images
-# at the end of a run (measured: 0.37 for the default on a 2-core CPU) costs about this fraction of training on as
-# many; the reserve a time limit keeps for it is taken at this upper bound. And what writing the results may take.
-EVAL_COST = 0.5
-RESERVE_SECONDS = 2.0
-
-
-def images_still_scored(config: Config, run: Prepared) -> int:
-    """How many images (times views) the evaluations after the current epoch may still score: that epoch's held-out
-    numbers, the final evaluation with the TTA views, and the temperature's fit on the validation split."""
-    views = VIEWS[config.train.tta]
+def evaluations_after(config: Config, run: Prepared, per_view: float) -> Evaluations:
+    """What a run scores after its current epoch's last step: that epoch's held-out numbers, the final evaluation
+    with the TTA views, and the temperature's fit on the validation split (which reuses the final evaluation where
+    that is on the validation split), at ``per_view`` seconds an image and view."""
     per_epoch = len(run.val) if run.val is not None else 0
     if run.test is not None and (config.train.eval_test_every_epoch or config.watches_test):
         per_epoch += len(run.test)
-    held_out = run.test if run.test is not None else run.val
-    return per_epoch + len(held_out) * views + (len(run.val) * views if run.val is not None else 0)
+    final = len(run.test) if run.test is not None else len(run.val)
+    fit = len(run.val) if run.val is not None and run.test is not None else 0
+    return Evaluations(per_view, per_epoch, final, fit)
 
 
 def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[str, Any] | None, show: Progress,
@@ -397,10 +395,20 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
         if on_epoch_end is not None:
             on_epoch_end(state.epoch, row)
 
-    scored = images_still_scored(config, run)
+    tta = config.train.tta
+    if time_limit:  # the evaluations are timed on the net, and their views cut where the limit cannot hold them
+        held_out = run.test if run.test is not None else run.val
+        per_view = seconds_per_view(run.model, held_out, config.train)
+        evaluations = evaluations_after(config, run, per_view)
+        tta = tta_that_fits(evaluations, tta, time_limit - wall() - RESERVE_SECONDS, time_limit,
+                            first_step_seconds(per_view, config.train.batch_size))
+        if tta != config.train.tta:
+            show.message(f"note: the time limit holds the final evaluation to {tta} TTA ({VIEWS[tta]} view(s) "
+                         f"of {VIEWS[config.train.tta]})")
 
-    def over_time(images_per_s: float) -> str | None:
-        if wall() + RESERVE_SECONDS + EVAL_COST * scored / images_per_s < time_limit:
+    def over_time(images_per_s: float) -> str | None:  # after a step: is there room for the next one?
+        next_step = config.train.batch_size / images_per_s
+        if wall() + next_step + RESERVE_SECONDS + evaluations.seconds(VIEWS[tta]) < time_limit:
             return None
         return (f"time limit of {time_limit:.0f} s: training stopped in epoch {state.epoch + 1} of "
                 f"{config.train.epochs}, leaving time for the final evaluation")
@@ -418,7 +426,8 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
     if state.stopped:
         show.message(f"note: {state.stopped}")
     model = state.finished_model()
-    final = final_evaluation(model, config, *((run.test, "test") if run.test is not None else (run.val, "validation")))
+    final = final_evaluation(model, config, *((run.test, "test") if run.test is not None else (run.val, "validation")),
+                             tta=tta)
     log.finish({"test_loss": final["loss"], "test_acc": final["accuracy"]} if final["split"] == "test" else {})
     calibration = run_calibration(model, config.train, run.val, final)
     check_folder(out_dir)
@@ -429,7 +438,7 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
         summary["time_plan"] = time_plan
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     (out_dir / "state.safetensors").unlink(missing_ok=True)  # finished: model.safetensors is the result
-    show.message(final_message(config, final, summary["wall_seconds"], out_dir))
+    show.message(final_message(config, final, summary["wall_seconds"], out_dir, state.epoch))
     return summary
 
 
@@ -446,11 +455,14 @@ def run_notes(config: Config) -> list[str]:
     return [STUDY_MODE_NOTE] if config.watches_test else []
 
 
-def final_message(config: Config, final: dict[str, Any], wall_seconds: float, out_dir: Path) -> str:
+def final_message(config: Config, final: dict[str, Any], wall_seconds: float, out_dir: Path, epochs: int) -> str:
+    """The run's last line: its accuracy, after how many epochs (``epochs``, fewer where a time limit stopped it)."""
     tta = final["accuracy_tta"]
-    with_tta = f" ({100 * tta:.2f}% with {config.train.tta} TTA)" if tta is not None else ""
-    return (f"final {final['split']} accuracy {100 * final['accuracy']:.2f}%{with_tta} after {config.train.epochs} "
-            f"epochs ({wall_seconds:.0f} s) -> {out_dir}")
+    with_tta = f" ({100 * tta:.2f}% with {final['tta']} TTA)" if tta is not None else ""
+    of = f"{epochs} of {config.train.epochs} epochs" if epochs != config.train.epochs else (
+        f"{epochs} epoch{'s' if epochs != 1 else ''}")
+    return (f"final {final['split']} accuracy {100 * final['accuracy']:.2f}%{with_tta} after {of} "
+            f"({wall_seconds:.0f} s) -> {out_dir}")
 
 
 def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final: dict[str, Any] | None,
@@ -462,7 +474,7 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
     reached nothing: no ``final`` evaluation, its accuracies None."""
     t, last, device = config.train, (rows[-1] if rows else {}), run.train.images.device
     final = final or {"split": "test" if run.test is not None else "validation", "loss": None, "accuracy": None,
-                      "accuracy_tta": None, "seconds": 0.0}
+                      "accuracy_tta": None, "tta": t.tta, "seconds": 0.0}
     on_test = final["split"] == "test"
     commit, dirty = git_state()
     return {
@@ -476,7 +488,8 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
         "epochs": t.epochs,
         "test_accuracy": final["accuracy"] if on_test else None,
         "test_loss": final["loss"] if on_test else None,
-        "test_accuracy_tta": final["accuracy_tta"] if on_test else None,  # with the t.tta views
+        "test_accuracy_tta": final["accuracy_tta"] if on_test else None,  # with the views of "tta"
+        "tta": final["tta"],  # the recipe's TTA mode, or one of fewer views where a time limit cut it
         "val_accuracy": last.get("val_acc"),
         **({} if on_test else {"val_accuracy_tta": final["accuracy_tta"], "test_set_used": False}),
         "train_accuracy": last.get("train_acc"),
@@ -521,7 +534,8 @@ def run_calibration(model: ResNet, t: TrainConfig, val: Split | None, final: dic
     run was scored on the test set, the test NLL and ECE of its probabilities, with and without the temperature, are
     reported beside it (never fitted on)."""
     if val is not None:
-        calibration = fit_and_report(model, val, t)
+        calibration = fit_and_report(model, val, t, final["logits"] if final["split"] == "validation" else None,
+                                     final["tta"])
     elif t.temperature:
         calibration = {"temperature": t.temperature, "source": t.temperature_source or RECIPE_SOURCE}
     else:
@@ -531,12 +545,16 @@ def run_calibration(model: ResNet, t: TrainConfig, val: Split | None, final: dic
     return calibration
 
 
-def fit_and_report(model: ResNet, val: Split, t: TrainConfig) -> dict[str, Any]:
+def fit_and_report(model: ResNet, val: Split, t: TrainConfig, logits: torch.Tensor | None = None,
+                   tta: str | None = None) -> dict[str, Any]:
     """The temperature fitted on the validation images ``val`` and their NLL / ECE before and after, for the
-    probabilities every command gives: the mean logits over the run's TTA views, scored as the run scores."""
-    logits = view_logits(model, val, tta=t.tta, **eval_options(t)).mean(0)
+    probabilities every command gives: the mean logits over the run's TTA views (``tta``, default the recipe's),
+    scored as the run scores, or ``logits`` where the run has them already."""
+    tta = tta or t.tta
+    if logits is None:
+        logits = view_logits(model, val, tta=tta, **eval_options(t)).mean(0)
     temperature = fit_temperature(logits, val.labels)
-    return {"temperature": temperature, "source": f"validation split ({len(val):,} images, {t.tta} TTA)",
+    return {"temperature": temperature, "source": f"validation split ({len(val):,} images, {tta} TTA)",
             "val_images": len(val), **before_and_after(logits, val.labels, temperature, "val")}
 
 

@@ -40,7 +40,11 @@ FREE_KEYS = ("train.seed", "train.device")
 
 
 class TimeBudgetError(ConfigError):
-    pass
+    """A time limit no recipe can keep on this machine; ``record`` (where set) is the plan that found so."""
+
+    def __init__(self, message: str, record: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,17 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
     else:
         point, config, params, seconds = min(candidates, key=lambda c: c[3])
         config, seconds = cut_to_fit(point, config, kind, default_seconds, MARGIN * left)
+        if seconds > MARGIN * left:  # not even one epoch of the fastest: refused, with the least limit that holds
+            least = math.ceil((seconds / MARGIN + elapsed) / 6) / 10
+            record.update(chosen=None, least_minutes=least)
+            raise TimeBudgetError(
+                f"--minutes {minutes:g} cannot be kept on this machine: the shortest run, {point.name} cut to 1 epoch, "
+                f"is predicted to take {seconds:.0f} s with its evaluation, and {elapsed:.0f} s are spent before it; "
+                f"give --minutes {least:g} or more", record)
+        epochs = config.train.epochs
         why = (f"no measured recipe fits {left:.0f} s; the fastest, {point.name}, cut from "
-               f"{point.config().train.epochs} to {config.train.epochs} epochs ({seconds:.0f} s predicted)")
+               f"{point.config().train.epochs} to {epochs} epoch{'s' if epochs != 1 else ''} ({seconds:.0f} s "
+               "predicted)")
         expected = f"not measured: below the {point.accuracy_tta:.2f}% of its {point.config().train.epochs} epochs"
     record.update(chosen=point.name, recipe=point.recipe, set=list(point.set), epochs=config.train.epochs,
                   params=params, predicted_seconds=round(seconds, 1), why=why, expected_accuracy=expected,
@@ -189,14 +202,18 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
 
 def format_plan(record: dict[str, Any]) -> str:
     """:func:`plan`'s record as a table a user reads: every candidate's predicted time here, and the choice."""
+    left = record["minutes"] * 60 - record["seconds_before_training"]
     lines = [f"this machine: a default step in {record['probe_step_seconds']:.3g} s, so the default's run "
-             f"~{record['default_run_seconds']:.0f} s; {record['minutes'] * 60 - record['seconds_before_training']:.0f}"
-             f" s of the {record['minutes']:g} minutes are left for the run",
+             f"~{record['default_run_seconds']:.0f} s; "
+             + (f"{left:.0f} s of the {record['minutes']:g} minutes are left for the run" if left > 0 else
+                f"nothing of the {record['minutes']:g} minutes is left for the run"),
              f"{'recipe':<12} {'params':>10} {'with TTA':>9} {'predicted here':>15}"]
     for c in record["candidates"]:
         mark = "  <- chosen" if c["name"] == record["chosen"] else ""
         lines.append(f"{c['name']:<12} {c['params']:>10,} {c['accuracy_tta']:>8.2f}% {c['predicted_seconds']:>13.0f} s"
                      f"{mark}")
+    if record["chosen"] is None:
+        return "\n".join(lines)
     epochs = f"{record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}"
     lines.append(f"chosen: {record['chosen']}, {epochs}: {record['why']}; expected "
                  f"{record['expected_accuracy']}")
