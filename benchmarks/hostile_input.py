@@ -43,11 +43,11 @@ def run(argv: list[str], cwd: Path) -> tuple[int, str, float, float]:
     child = subprocess.Popen([sys.executable, "-c", WRAP, *argv], cwd=cwd, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
-        _, err = child.communicate(timeout=120)
+        _, err = child.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         child.kill()
         _, err = child.communicate()
-        err = "TIMED OUT after 120 s\n" + err
+        err = "TIMED OUT after 180 s\n" + err
     seconds = time.perf_counter() - start
     lines = err.strip().splitlines()
     peak = next((int(line.split()[1]) / 1024 for line in lines if line.startswith("PEAK_KB")), float("nan"))
@@ -124,6 +124,14 @@ def main() -> None:
     bad_summary = fresh_run("bad-summary")
     (bad_summary / "summary.json").write_text("[1, 2]")
     (root / "taken.onnx").write_text("mine")
+    (root / "figs").mkdir()
+    (root / "used").mkdir()
+    (root / "used" / "notes.txt").write_text("mine")
+    killed = fresh_run("killed")  # as a kill between two epochs leaves it
+    (killed / "summary.json").unlink()
+    (root / "slow.toml").write_text('base = "default"\n[params]\n"model.stages" = 3\n'
+                                    '"model.stage_widths" = [256, 256, 256]\n"model.stage_blocks" = [1, 1, 1]\n'
+                                    '"model.stage_strides" = [1, 2, 2]\n"train.epochs" = 8\n')
 
     cases = [
         ("a base that is /dev/zero", ["train", "z.toml"]),
@@ -154,6 +162,17 @@ def main() -> None:
         ("search --val-size 0", ["search", "s", "--val-size", "0"]),
         ("search --heartbeat 0", ["search", "s", "--heartbeat", "0"]),
         ('a space file with "optim.momentum" = "fast"', ["search", "s", "--space", "space.toml", "--out", "s"]),
+        ("an abbreviated option (--jo 2 for --jobs 2)", ["study", "paper", "--jo", "2", "--out", "st"]),
+        ("a run at lr 10^12 (it diverges)", ["train", *TINY, "--set", "optim.name=sgd", "--set", "optim.lr=1e12",
+                                             "--out", "diverged", "--quiet"]),
+        ("eval of that diverged run", ["eval", "diverged"]),
+        ("eval --allow-unfinished of a killed run", ["eval", "killed", "--allow-unfinished"]),
+        ("eval --figure FOLDER", ["eval", "run", "--figure", "figs"]),
+        ("train --minutes 5 --out a folder in use", ["train", "--minutes", "5", "--out", "used"]),
+        ("train --minutes 0.1", ["train", "--minutes", "0.1", "--out", "m01"]),
+        ("train --minutes 1.5 (held from outside: 90 s)", ["train", "--minutes", "1.5", "--out", "m15", "--quiet"]),
+        ("search of a 256-wide net, --trial-minutes 0.5 (30 s)",
+         ["search", "slow", "--space", "slow.toml", "--trials", "1", "--trial-minutes", "0.5", "--out", "slow"]),
     ]
     rows = ["| input | exit | what it says | s | MB |", "|---|---|---|---|---|"]
     for name, argv in cases:
