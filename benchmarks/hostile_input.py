@@ -83,6 +83,7 @@ def main() -> None:
     data = os.environ.get("RESBUDGET_DATA_DIR")
     if not data:
         sys.exit("set RESBUDGET_DATA_DIR to the CIFAR-10 folder")
+    os.environ["RESBUDGET_DATA_DIR"] = str(Path(data).resolve())  # the cases run in a folder of their own
     code, err, _, _ = run(["train", *TINY, "--out", str(root / "run"), "--quiet"], root)
     if code:
         sys.exit(f"the tiny run failed: {err}")

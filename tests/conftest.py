@@ -32,13 +32,13 @@ OWN_VARIABLES = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_", "TRITON_")
 
 def _global_state() -> dict:
     """What one test could change for every test after it: torch's process-wide settings, the environment and the
-    working folder."""
+    working folder. Not cudnn.benchmark, which a run on a GPU turns on for its process by design."""
     import torch
 
     return {"torch threads": torch.get_num_threads(), "default dtype": torch.get_default_dtype(),
             "grad mode": torch.is_grad_enabled(),
             "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
-            "mkldnn": torch.backends.mkldnn.enabled, "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "mkldnn": torch.backends.mkldnn.enabled,
             "float32 matmul precision": torch.get_float32_matmul_precision(),
             "environment": {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)},
             "working folder": os.getcwd()}
@@ -61,7 +61,6 @@ def _no_leaked_state():
     torch.set_grad_enabled(before["grad mode"])
     torch.use_deterministic_algorithms(before["deterministic algorithms"])
     torch.backends.mkldnn.enabled = before["mkldnn"]
-    torch.backends.cudnn.benchmark = before["cudnn.benchmark"]
     torch.set_float32_matmul_precision(before["float32 matmul precision"])
     for key in set(after["environment"]) - set(before["environment"]):
         del os.environ[key]

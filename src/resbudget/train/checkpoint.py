@@ -158,9 +158,11 @@ def weights_path(source: str | os.PathLike, allow_unfinished: bool = False) -> P
     if summary.exists():
         diverged = read_summary(summary).get("diverged")
         if diverged and not allow_unfinished:
-            raise CheckpointError(f"{source}: the run diverged (epoch {diverged['epoch']}, step {diverged['step']}): "
-                                  "there is no trained net; pass --allow-unfinished to use the weights of its last "
-                                  "finite epoch")
+            where = (f" (epoch {diverged.get('epoch')}, step {diverged.get('step')})" if isinstance(diverged, dict)
+                     else "")
+            offer = ("; pass --allow-unfinished to use the weights of its last finite epoch" if weights.exists() else
+                     ", nor an epoch that ended before it did")
+            raise CheckpointError(f"{source}: the run diverged{where}: there is no trained net{offer}")
     elif not allow_unfinished:
         how = (f"resume it (resbudget train --resume --out {source})" if (source / "state.safetensors").exists()
                else "it has no training state either")
