@@ -339,8 +339,9 @@ def train_run(
         if resume and (out_dir / "summary.json").is_file():  # written last: the run has ended
             summary = read_summary(out_dir / "summary.json")
             if summary.get("diverged"):
-                raise DivergedError(summary["diverged"]["reason"], summary["diverged"]["epoch"],
-                                    summary["diverged"]["step"], summary)
+                where = summary["diverged"] if isinstance(summary["diverged"], dict) else {}
+                raise DivergedError(str(where.get("reason", f"{out_dir}: the run diverged")), where.get("epoch", 0),
+                                    where.get("step", 0), summary)
             show.message(f"{out_dir} is already finished ({config.train.epochs} epochs); nothing to resume")
             return summary
         saved = load_state(state_path) if resume and state_path.is_file() else None
