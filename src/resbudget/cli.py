@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import _clock
 from ._defaults import HEARTBEAT_SECONDS
+from ._memory import keep_freed_memory
 from .models.budget import DEFAULT_BUDGET, MAX_PARAMS
 from .train.config import MAX_EPOCHS, MAX_SEED
 from .version import __version__
@@ -675,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # the command's start: the process's own (its imports included) when it is the command line's, else this call
     started = _clock.STARTED if argv is None else time.perf_counter()
+    if argv is None:  # a process of its own: its allocator is ours to set (a caller's process is left as it is)
+        keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "search" and argv[1] in ("report", "confirm"):
         argv = [f"search {argv[1]}", *argv[2:]]  # two-word commands, parsed as one
