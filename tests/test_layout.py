@@ -7,9 +7,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resbudget"
 # a module may import from its own layer and the layers below it
-LAYERS = {"version": 0, "_io": 0, "_types": 0, "_defaults": 0, "_clock": 0, "compat": 0, "data": 1, "models": 2,
-          "train": 3, "ensemble": 4, "study": 4, "report": 4, "search": 4, "deploy": 5, "cli": 6, "__main__": 6,
-          "__init__": 6}
+LAYERS = {"version": 0, "_io": 0, "_types": 0, "_defaults": 0, "_clock": 0, "_memory": 0, "compat": 0, "data": 1,
+          "models": 2, "train": 3, "ensemble": 4, "study": 4, "report": 4, "search": 4, "deploy": 5, "cli": 6,
+          "__main__": 6, "__init__": 6}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
 
 

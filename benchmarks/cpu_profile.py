@@ -1,0 +1,181 @@
+"""Where a CPU training step of the default recipe spends its time, against what this machine's cores can do.
+
+    python benchmarks/cpu_profile.py [--steps 8] [--allocator keep|default] [--out FILE.md]
+
+1. This machine's bf16 limits with torch on all its threads: a 4096x4096 matmul, and each convolution shape of the
+   default net forward and backward at the recipe's batch (TFLOPS, counting a multiply-accumulate as 2 FLOPs).
+2. ``--steps`` training steps of the default recipe on random images (speed does not depend on the pixels), after two
+   warm-up steps, under torch.profiler: the steps' time split into convolutions, normalisation, activations,
+   pooling and the rest of the net, the optimiser (Muon's Newton-Schulz iterations among it) and the batch's
+   augmentation; the system (kernel) share of the CPU time and the page faults, from getrusage.
+3. One final evaluation of 10,000 images with the recipe's TTA views.
+
+``--allocator keep`` (the default) sets the allocator as the command line does (resbudget/_memory.py); ``default``
+leaves glibc's as it is, to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from resbudget._memory import keep_freed_memory
+from resbudget.data import Augment, Split, normalize
+from resbudget.models import summarize
+from resbudget.train import Config
+from resbudget.train.evaluate import eval_options, view_logits
+from resbudget.train.optim import make_optimizer
+from resbudget.train.run import initial_model
+from resbudget.train.step import TrainStep
+
+# profiler op names -> part of the step (first match wins; what matches none is "the rest of the net")
+PARTS = (("convolutions", ("conv", "mkldnn_convolution")),
+         ("normalisation", ("batch_norm", "native_batch_norm")),
+         ("activations", ("gelu", "relu", "threshold")),
+         ("pooling", ("pool",)),
+         ("matmul (Newton-Schulz, the head)", ("mm", "matmul", "linear", "bmm")),
+         ("copies and layout", ("copy_", "contiguous", "to_copy", "clone", "empty_strided", "cat")),
+         ("elementwise (optimiser updates, losses)", ("add", "mul", "div", "sub", "lerp", "foreach", "sqrt", "norm",
+                                                      "sum", "mean", "log_softmax", "nll_loss", "where", "fill",
+                                                      "zero")))
+
+
+def seconds(fn, repeat: int = 3) -> float:  # noqa: ANN001
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def matmul_tflops(n: int = 4096) -> float:
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    return 2 * n**3 / seconds(lambda: a @ b) / 1e12
+
+
+def conv_limits(config: Config, batch: int) -> list[tuple[str, float, float]]:
+    """(shape, seconds, TFLOPS) of each distinct 3x3 convolution of the net past its stem, forward + both backward
+    passes, bf16 channels-last at ``batch`` images."""
+    shapes: list[tuple[int, int, int, int, int]] = []
+
+    def hook(module: nn.Conv2d, inputs, output) -> None:  # noqa: ANN001
+        key = (module.in_channels, module.out_channels, inputs[0].shape[-1], output.shape[-1], module.stride[0])
+        if module.kernel_size == (3, 3) and key not in shapes:
+            shapes.append(key)
+
+    model = initial_model(config)
+    for module in model.stages.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    rows = []
+    for c_in, c_out, size_in, size_out, stride in shapes:
+        conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False).to(memory_format=torch.channels_last)
+        x = torch.randn(batch, c_in, size_in, size_in).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = conv(x)  # noqa: B023 - timed at once, inside this iteration
+            out.float().sum().backward()
+
+        s = seconds(step)
+        macs = batch * c_out * size_out * size_out * c_in * 9
+        rows.append((f"{c_in}→{c_out}, {size_in}²→{size_out}²", s, 3 * 2 * macs / s / 1e12))
+    return rows
+
+
+def profile_steps(config: Config, steps: int) -> tuple[dict[str, float], float, float, int, float]:
+    """(seconds per step by part, seconds per step in all, system share of the CPU time, page faults per step,
+    seconds per step of augmentation) over ``steps`` steps of the recipe after two warm-up steps."""
+    t = config.train
+    model = initial_model(config).to(memory_format=torch.channels_last)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
+    step = TrainStep(model, make_optimizer(config, model), criterion, precision=t.precision)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (t.batch_size, 32, 32, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    labels = torch.randint(0, 10, (t.batch_size,), generator=g)
+    augment = Augment.from_config(config.data)
+
+    def one() -> None:
+        with record_function("augment"):
+            x = augment(normalize(images), g, None).contiguous(memory_format=torch.channels_last)
+        step(x, labels)
+
+    for _ in range(2):
+        one()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            one()
+    wall = (time.perf_counter() - start) / steps
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    system = (after.ru_stime - before.ru_stime) / ((after.ru_utime - before.ru_utime) + (after.ru_stime
+                                                                                        - before.ru_stime))
+    faults = (after.ru_minflt - before.ru_minflt) // steps
+    parts: dict[str, float] = defaultdict(float)
+    augment_s = 0.0
+    for event in prof.key_averages():
+        name = event.key.lower()
+        if event.key == "augment":
+            augment_s = event.cpu_time_total / 1e6 / steps
+            continue
+        if not name.startswith("aten::"):
+            continue
+        part = next((p for p, keys in PARTS if any(k in name for k in keys)), "the rest")
+        parts[part] += event.self_cpu_time_total / 1e6 / steps
+    return dict(parts), wall, system, faults, augment_s
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--allocator", choices=("keep", "default"), default="keep")
+    p.add_argument("--out", help="also write the tables to this Markdown file")
+    args = p.parse_args()
+    if args.allocator == "keep":
+        keep_freed_memory()
+    torch.manual_seed(0)
+    config = Config()
+    t = config.train
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {args.allocator}", "",
+             "| limit (bf16) | s | TFLOPS |", "|---|---:|---:|",
+             f"| matmul 4096² | | {matmul_tflops():.2f} |"]
+    convs = conv_limits(config, t.batch_size)
+    lines += [f"| 3×3 conv {shape}, batch {t.batch_size}, forward + backward | {s:.3f} | {tf:.2f} |"
+              for shape, s, tf in convs]
+    parts, wall, system, faults, augment_s = profile_steps(config, args.steps)
+    macs = summarize(config.model).macs
+    step_tflops = 3 * 2 * macs * t.batch_size / wall / 1e12
+    conv_s = sum(s for _, s, _ in convs)
+    lines += ["", f"One training step of the default recipe (batch {t.batch_size}): {wall:.3f} s, "
+              f"{step_tflops:.2f} TFLOPS of the net's own arithmetic; CPU time in the kernel {100 * system:.0f}%, "
+              f"{faults:,} page faults a step.", "",
+              "| part of a step | s per step (CPU time / threads) | share |", "|---|---:|---:|"]
+    threads = torch.get_num_threads()
+    total = sum(parts.values()) / threads
+    for part, s in sorted(parts.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {part} | {s / threads:.3f} | {100 * s / threads / total:.0f}% |")
+    lines.append(f"| (of which the batch's augmentation, wall) | {augment_s:.3f} | |")
+    lines.append(f"| the net's convolutions alone, timed apart (sum of the shapes above, once each) | {conv_s:.3f} | |")
+    test = Split(torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (10_000,)))
+    model = initial_model(config).to(memory_format=torch.channels_last)
+    evaluation = seconds(lambda: view_logits(model, test, tta=t.tta, **eval_options(t)), repeat=1)
+    lines += ["", f"The final evaluation: 10,000 images with {t.tta} TTA in {evaluation:.1f} s."]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
