@@ -61,14 +61,14 @@ def matmul_tflops(n: int = 4096) -> float:
 
 
 def conv_limits(config: Config, batch: int) -> list[tuple[str, float, float]]:
-    """(shape, seconds, TFLOPS) of each distinct 3x3 convolution of the net past its stem, forward + both backward
-    passes, bf16 channels-last at ``batch`` images."""
-    shapes: list[tuple[int, int, int, int, int]] = []
+    """(shape, seconds for all the net's layers of that shape, TFLOPS) of each distinct 3x3 convolution of the net
+    past its stem, forward + both backward passes, bf16 channels-last at ``batch`` images."""
+    shapes: dict[tuple[int, int, int, int, int], int] = {}  # shape -> how many layers of the net have it
 
     def hook(module: nn.Conv2d, inputs, output) -> None:  # noqa: ANN001
         key = (module.in_channels, module.out_channels, inputs[0].shape[-1], output.shape[-1], module.stride[0])
-        if module.kernel_size == (3, 3) and key not in shapes:
-            shapes.append(key)
+        if module.kernel_size == (3, 3):
+            shapes[key] = shapes.get(key, 0) + 1
 
     model = initial_model(config)
     for module in model.stages.modules():
@@ -77,20 +77,29 @@ def conv_limits(config: Config, batch: int) -> list[tuple[str, float, float]]:
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     rows = []
-    for c_in, c_out, size_in, size_out, stride in shapes:
+    for (c_in, c_out, size_in, size_out, stride), count in shapes.items():
         conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False).to(memory_format=torch.channels_last)
         x = torch.randn(batch, c_in, size_in, size_in).contiguous(memory_format=torch.channels_last)
         x.requires_grad_()
 
+        grad = torch.ones(batch, c_out, size_out, size_out, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last)
+
         def step() -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = conv(x)  # noqa: B023 - timed at once, inside this iteration
-            out.float().sum().backward()
+            out.backward(grad)  # noqa: B023
 
         s = seconds(step)
         macs = batch * c_out * size_out * size_out * c_in * 9
-        rows.append((f"{c_in}→{c_out}, {size_in}²→{size_out}²", s, 3 * 2 * macs / s / 1e12))
+        rows.append((f"{c_in}→{c_out}, {size_in}²→{size_out}² (×{count})", count * s, 3 * 2 * macs / s / 1e12))
     return rows
+
+
+def conv_macs_of(config: Config) -> list[tuple[str, int]]:
+    """(layer, MACs per image) of the net's 3x3 convolutions past its stem."""
+    return [(r.name, r.macs) for r in summarize(config.model).layers
+            if r.kind == "Conv2d" and not r.name.startswith("stem") and r.macs and ".shortcut" not in r.name]
 
 
 def profile_steps(config: Config, steps: int) -> tuple[dict[str, float], float, float, int, float]:
@@ -113,11 +122,13 @@ def profile_steps(config: Config, steps: int) -> tuple[dict[str, float], float, 
     for _ in range(2):
         one()
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            one()
+    for _ in range(steps):  # timed without the profiler, whose own bookkeeping costs time and memory
+        one()
     wall = (time.perf_counter() - start) / steps
     after = resource.getrusage(resource.RUSAGE_SELF)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:  # the shares of the parts
+        for _ in range(steps):
+            one()
     system = (after.ru_stime - before.ru_stime) / ((after.ru_utime - before.ru_utime) + (after.ru_stime
                                                                                         - before.ru_stime))
     faults = (after.ru_minflt - before.ru_minflt) // steps
@@ -126,13 +137,14 @@ def profile_steps(config: Config, steps: int) -> tuple[dict[str, float], float, 
     for event in prof.key_averages():
         name = event.key.lower()
         if event.key == "augment":
-            augment_s = event.cpu_time_total / 1e6 / steps
+            augment_s = event.cpu_time_total
             continue
         if not name.startswith("aten::"):
             continue
         part = next((p for p, keys in PARTS if any(k in name for k in keys)), "the rest")
-        parts[part] += event.self_cpu_time_total / 1e6 / steps
-    return dict(parts), wall, system, faults, augment_s
+        parts[part] += event.self_cpu_time_total
+    profiled = sum(parts.values())  # the parts' shares of the profiled time, applied to the unprofiled step
+    return ({p: wall * s / profiled for p, s in parts.items()}, wall, system, faults, wall * augment_s / profiled)
 
 
 def main() -> None:
@@ -152,6 +164,7 @@ def main() -> None:
     convs = conv_limits(config, t.batch_size)
     lines += [f"| 3×3 conv {shape}, batch {t.batch_size}, forward + backward | {s:.3f} | {tf:.2f} |"
               for shape, s, tf in convs]
+    conv_macs = sum(m for _, m in conv_macs_of(config))
     parts, wall, system, faults, augment_s = profile_steps(config, args.steps)
     macs = summarize(config.model).macs
     step_tflops = 3 * 2 * macs * t.batch_size / wall / 1e12
@@ -159,13 +172,14 @@ def main() -> None:
     lines += ["", f"One training step of the default recipe (batch {t.batch_size}): {wall:.3f} s, "
               f"{step_tflops:.2f} TFLOPS of the net's own arithmetic; CPU time in the kernel {100 * system:.0f}%, "
               f"{faults:,} page faults a step.", "",
-              "| part of a step | s per step (CPU time / threads) | share |", "|---|---:|---:|"]
-    threads = torch.get_num_threads()
-    total = sum(parts.values()) / threads
+              "| part of a step (shares from torch.profiler) | s per step | share | TFLOPS |", "|---|---:|---:|---:|"]
+    total = sum(parts.values())
     for part, s in sorted(parts.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {part} | {s / threads:.3f} | {100 * s / threads / total:.0f}% |")
-    lines.append(f"| (of which the batch's augmentation, wall) | {augment_s:.3f} | |")
-    lines.append(f"| the net's convolutions alone, timed apart (sum of the shapes above, once each) | {conv_s:.3f} | |")
+        rate = f"{3 * 2 * conv_macs * t.batch_size / s / 1e12:.2f}" if part == "convolutions" else ""
+        lines.append(f"| {part} | {s:.3f} | {100 * s / total:.0f}% | {rate} |")
+    lines.append(f"| (of which the batch's augmentation) | {augment_s:.3f} | | |")
+    lines.append(f"| the same convolutions timed one by one (the limits above) | {conv_s:.3f} | | "
+                 f"{3 * 2 * conv_macs * t.batch_size / conv_s / 1e12:.2f} |")
     test = Split(torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (10_000,)))
     model = initial_model(config).to(memory_format=torch.channels_last)
     evaluation = seconds(lambda: view_logits(model, test, tta=t.tta, **eval_options(t)), repeat=1)
