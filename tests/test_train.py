@@ -157,3 +157,20 @@ def test_the_finished_nets_numbers_end_the_metrics_and_eval_reproduces_them(smal
     assert (result["test_accuracy"], result["test_accuracy_tta"]) == (summary["test_accuracy"],
                                                                        summary["test_accuracy_tta"])
     assert result["tta"] == "flip" and result["views"] == 2 and result["calibration"]["views"] == 2
+
+
+def test_eval_gives_per_class_accuracy_and_a_confusion_matrix_that_add_up(small_cifar, tmp_path, capsys):
+    from resbudget.cli import format_classes
+    from resbudget.data import CLASSES
+
+    train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
+    result = evaluate_checkpoint(tmp_path / "run", data=small_cifar)
+    confusion = torch.tensor(result["confusion"])
+    assert confusion.shape == (10, 10) and int(confusion.sum()) == result["images"] == len(small_cifar.test)
+    assert int(confusion.trace()) / result["images"] == pytest.approx(result["test_accuracy"])
+    assert [c["class"] for c in result["per_class"]] == list(CLASSES)
+    for i, c in enumerate(result["per_class"]):
+        assert c["images"] == int(confusion[i].sum()) == int((small_cifar.test.labels == i).sum())
+        assert c["accuracy"] == pytest.approx(int(confusion[i, i]) / c["images"])
+    text = format_classes(result["per_class"], result["confusion"])
+    assert all(f"  {name} " in text for name in CLASSES) and text.count("\n") == 12

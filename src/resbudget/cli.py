@@ -200,6 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if result.get("test_accuracy_tta") is not None:
         print(f"with {result['tta']} TTA ({result['views']} views): {100 * result['test_accuracy_tta']:.2f}%")
+    print(format_classes(result["per_class"], result["confusion"]))
     if "calibration" in result:
         c = result["calibration"]
         print(f"probabilities over {c['views']} view(s): test NLL {c['test_nll']:.4f}, ECE (15 bins) "
@@ -216,6 +217,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name, accs in r["corruptions"].items():
             print(f"{name:<16}" + "".join(f"{100 * a:8.2f}%" for a in accs))
     return 0
+
+
+def format_classes(per_class: list[dict], confusion: list[list[int]]) -> str:
+    """``eval``'s per-class accuracy and confusion matrix (rows: the true class; columns: the predicted one) as a
+    table a user reads."""
+    short = [c["class"][:5] for c in per_class]
+    width = max(len(c["class"]) for c in per_class)
+    lines = ["\nper class, the image alone (rows: the true class; columns: the predicted one)",
+             f"  {'':<{width}} " + " ".join(f"{s:>5}" for s in short) + "   accuracy"]
+    for c, row in zip(per_class, confusion):
+        accuracy = f"{100 * c['accuracy']:6.2f}%" if c["accuracy"] is not None else "     -"
+        lines.append(f"  {c['class']:<{width}} " + " ".join(f"{v:>5}" for v in row) + f"   {accuracy}")
+    return "\n".join(lines)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

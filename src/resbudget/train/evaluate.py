@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import read_toml
-from ..data import CIFAR10, Split, load_cifar10, normalize
+from ..data import CIFAR10, CLASSES, Split, load_cifar10, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
 from .calibration import accuracy_at_coverage, before_and_after, calibration_metrics, reliability
@@ -117,6 +117,20 @@ def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: i
     return out
 
 
+def class_report(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
+    """``per_class`` (each class's name, test images and accuracy) and ``confusion`` (rows the true class, columns the
+    predicted one: counts) of the predictions ``logits`` give; the matrix sums to the images and its diagonal to the
+    correct ones."""
+    n = len(classes)
+    pred = logits.argmax(1).cpu()
+    confusion = torch.bincount(labels.cpu() * n + pred, minlength=n * n).reshape(n, n)
+    totals = confusion.sum(1)
+    per_class = [{"class": name, "images": int(totals[i]),
+                  "accuracy": float(confusion[i, i] / totals[i]) if totals[i] else None}
+                 for i, name in enumerate(classes)]
+    return {"per_class": per_class, "confusion": confusion.tolist()}
+
+
 def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
                         precision: str | None = None, data: CIFAR10 | None = None,
                         model: nn.Module | None = None, budget: int = DEFAULT_BUDGET,
@@ -130,7 +144,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
     precision), so a finished run's numbers are reproduced: ``test_accuracy`` and ``test_loss`` of the image alone,
     ``test_accuracy_tta`` over the views. ``calibration`` judges the probabilities ``predict`` gives (the mean logits
     over the views, divided by the temperature): NLL and 15-bin ECE with and without the temperature, the accuracy
-    at coverage and the reliability diagram's bins."""
+    at coverage and the reliability diagram's bins. ``per_class`` and ``confusion`` (:func:`class_report`) are of the
+    image alone, as ``test_accuracy`` is."""
     if corruptions < 0:
         raise ValueError(f"--images must be a positive number of test images, got {corruptions}")
     is_ensemble_model = model is not None
@@ -161,6 +176,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
                               **before_and_after(logits, test.labels, temperature, "test"),
                               "accuracy_at_coverage": accuracy_at_coverage(logits, test.labels),
                               "reliability": reliability(logits, test.labels, temperature)}}
+    result |= class_report(views[0], test.labels)
     if corruptions:
         test = data.test.subset(slice(0, corruptions)).to(dev)
         result["robustness"] = evaluate_corruptions(model, test, seed=seed, **opts)
