@@ -475,7 +475,7 @@ def finished_run(tmp_path, synthetic_dir):
 
 
 def test_calibrate_holds_the_run_lock_and_refuses_unfinished_runs(finished_run, synthetic_dir, capsys):
-    from resbudget.train.run import lock_run_folder
+    from resbudget.train.folder import lock_run_folder
 
     weights = (finished_run / "model.safetensors").read_bytes()
     with lock_run_folder(finished_run):  # a run training there, or another command writing

@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def train_for_minutes(args: argparse.Namespace) -> int:
     from .data import download_cifar10
     from .train import train_run
-    from .train.run import check_new_run_folder
+    from .train.folder import check_new_run_folder
     from .train.timed import TimeBudgetError, format_plan, plan
 
     if args.config or args.resume:

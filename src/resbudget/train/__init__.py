@@ -8,25 +8,28 @@ from .checkpoint import (
     weights_path,
 )
 from .config import (
-                     Config,
-                     ConfigError,
-                     DataConfig,
-                     ExperimentConfig,
-                     OptimConfig,
-                     ScheduleConfig,
-                     TrainConfig,
-                     config_from_dict,
-                     config_to_dict,
-                     config_to_toml,
-                     default_config,
-                     load_config,
-                     scale_epochs,
+    Config,
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_toml,
+    default_config,
+    load_config,
+    scale_epochs,
 )
 from .evaluate import autocast, batched_outputs, evaluate, evaluate_checkpoint, select_device, tta_mode
 from .fit import DivergedError, TrainingError, TrainingState, fit
+from .folder import RunFolderError
 from .optim import make_optimizer
-from .run import RunFolderError, calibrate_run, host_cpu, train_run
+from .provenance import host_cpu
+from .run import train_run
 from .schedules import Schedule
+from .temperature import calibrate_run
 
 __all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "DivergedError", "ExperimentConfig", "OptimConfig",
            "RunFolderError", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError", "TrainingState", "autocast",

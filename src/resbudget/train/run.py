@@ -1,5 +1,6 @@
-"""A training run in a folder: resolve and record the config, build and prepare the net, load the data, call
-:func:`fit`, and write metrics, checkpoints and the summary. ``train_run`` is what ``resbudget train`` calls.
+"""A training run's story: start or resume it in its folder (train/folder.py), build and prepare the net, load the
+data, :func:`fit`, the final evaluation and temperature (train/temperature.py), and the summary. ``train_run`` is
+what ``resbudget train`` calls.
 
 A run folder holds ``config.toml`` (the complete resolved config), ``metrics.jsonl`` / ``metrics.csv``,
 ``model.safetensors`` (after every epoch), ``state.safetensors`` while unfinished (what ``--resume`` needs) and, at
@@ -8,191 +9,36 @@ the end, ``summary.json``. Every file is written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import json
 import math
 import os
-import platform
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
-from .._io import read_toml, write_text
+from .._io import write_text
 from ..data import CIFAR10, Split, load_cifar10, normalize, stratified_split
 from ..models import ResNet, build_model, check_spec, summarize
 from ..models.prepare import prepare_, whiten_stem_
 from ..version import __version__
-from .calibration import TEMPERATURE_RANGE, before_and_after, calibration_metrics, fit_temperature, temperature_in_range
-from .checkpoint import (
-    CheckpointError,
-    load_state,
-    model_from_weights,
-    read_summary,
-    read_weights,
-    save_state,
-    save_weights,
-    weights_path,
-)
-from .config import (
-    STUDY_MODE_NOTE,
-    Config,
-    ConfigError,
-    TrainConfig,
-    config_from_dict,
-    config_to_dict,
-    config_to_toml,
-)
+from .calibration import calibration_metrics
+from .checkpoint import CheckpointError, load_state, read_summary, save_state, save_weights
+from .config import STUDY_MODE_NOTE, Config, ConfigError, config_to_dict, config_to_toml
 from .deadline import RESERVE_SECONDS, Evaluations, first_step_seconds, seconds_per_view, tta_that_fits
 from .evaluate import eval_options, evaluate, select_device, view_logits
 from .fit import DivergedError, TrainingState, fit, images_kept
+from .folder import RunFolderError, check_folder, hold_run_folder, open_run_folder
 from .metrics import MetricsLog, Progress
+from .provenance import git_state, host_cpu
+from .temperature import run_calibration
 from .tta import VIEWS
 
-try:
-    import fcntl
-except ImportError:  # not on POSIX (Windows): run folders are not locked there
-    fcntl = None
-
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening filters
-
-
-class RunFolderError(RuntimeError):
-    pass
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                             timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-@functools.cache
-def git_state() -> tuple[str | None, bool | None]:
-    """(commit, whether tracked files had uncommitted changes) of the checkout this process imported its code from,
-    as it was when first asked (the start of the first run), even if the checkout moves on during a long run. None
-    outside a git checkout."""
-    commit = _git("rev-parse", "HEAD") or None
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return commit, (bool(status) if status is not None else None)
-
-
-def host_cpu() -> str:
-    """The host CPU's model name (CPU runs repeat bit for bit on one kind of CPU only, and a GPU loop bound by launches
-    runs at the speed of the CPU that drives it), and its core count."""
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    # the widest bf16 path oneDNN can take: runs on CPUs with different ones do not repeat bit for bit
-    isa = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
-                                          ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    return f"{name} ({os.cpu_count()} cores{', ' + isa if isa else ''})"
-
-
-def open_run_folder(out_dir: Path, config: Config | None, resume: bool) -> Config:
-    """The run's config. A new run needs an empty or absent folder; ``resume`` reads the folder's own config (a given
-    ``config`` must equal it). Nothing is written: :func:`hold_run_folder` takes the folder."""
-    if resume:
-        cfg_path = out_dir / "config.toml"
-        if not cfg_path.is_file():
-            raise RunFolderError(f"--resume: {out_dir} holds no run (no config.toml)")
-        try:
-            stored = config_from_dict(read_toml(cfg_path, RunFolderError), stored=True)
-        except ConfigError as e:
-            raise RunFolderError(f"{cfg_path}: {e}") from None
-        if config is not None and config_to_dict(config) != config_to_dict(stored):
-            raise RunFolderError(
-                f"--resume: the given config differs from the one stored in {cfg_path}; resume without a config "
-                "argument, or start a new run in another --out folder"
-            )
-        return stored
-    if config is None:
-        raise ConfigError("a config is needed to start a run")
-    check_new_run_folder(out_dir)
-    return config
-
-
-def check_new_run_folder(out_dir: Path) -> None:
-    """A new run needs ``out_dir`` absent or an empty folder (``RunFolderError`` otherwise)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunFolderError(f"{out_dir} is not a folder; choose another --out")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunFolderError(
-            f"{out_dir} is not empty; pass --resume to continue the run in it, or choose another --out folder "
-            "(nothing in it is overwritten)"
-        )
-
-
-@contextlib.contextmanager
-def hold_run_folder(out_dir: Path, resume: bool) -> Iterator[None]:
-    """Create ``out_dir`` if needed and hold it for the whole run: an exclusive lock on the folder (``flock``, which
-    the kernel releases when the process ends, however it ends), taken before any data is loaded. A second run into
-    the folder, or a ``--resume`` while it runs, is refused; so is a folder that cannot be written. Under the lock a
-    new run checks again that the folder is empty, and a resumed one removes the temporary files a killed run left.
-    If the run fails before writing anything, a folder it created is removed again."""
-    try:
-        out_dir.mkdir(parents=True)
-        created = True
-    except FileExistsError:
-        created = False
-    except OSError as e:
-        raise RunFolderError(f"{out_dir}: cannot create the run folder ({e.strerror or e})") from None
-    if not out_dir.is_dir():
-        raise RunFolderError(f"{out_dir} is not a folder")
-    with lock_run_folder(out_dir, "or choose another --out folder"):
-        try:
-            with tempfile.TemporaryFile(dir=out_dir):
-                pass
-        except OSError as e:
-            raise RunFolderError(f"{out_dir}: cannot write to the run folder ({e.strerror or e})") from None
-        if not resume and any(out_dir.iterdir()):
-            raise RunFolderError(f"{out_dir} is not empty; pass --resume to continue the run in it, or choose "
-                                 "another --out folder (nothing in it is overwritten)")
-        for leftover in out_dir.glob(".*.tmp"):  # atomic writes cut short by a killed run
-            leftover.unlink(missing_ok=True)
-        try:
-            yield
-        except BaseException:
-            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            raise
-
-
-@contextlib.contextmanager
-def lock_run_folder(out_dir: Path, advice: str = "") -> Iterator[None]:
-    """Hold the exclusive lock of a run folder (``flock`` on the folder, which the kernel releases when the process
-    ends, however it ends): every command that writes into a run folder holds it, so none writes while a run trains
-    there or another command writes. Taken without waiting: a folder in use is refused."""
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderError(f"{out_dir} is in use by another resbudget run or command; wait for it to end"
-                                     + (f", {advice}" if advice else "")) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def prepare_splits(config: Config, data: CIFAR10, device: torch.device) -> tuple[Split, Split | None, Split]:
@@ -443,14 +289,6 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
     return summary
 
 
-def check_folder(out_dir: Path) -> None:
-    """A run stops, writing nothing more, where its folder (or the config.toml in it) has gone while it trained:
-    what it would write would otherwise make a folder that looks like a run but cannot be read as one."""
-    if not (out_dir / "config.toml").is_file():
-        raise RunFolderError(f"{out_dir} (or its config.toml) was removed while the run trained in it; the run stops "
-                             "here and writes nothing more")
-
-
 def run_notes(config: Config) -> list[str]:
     """What every output of the run must say about how far its numbers can be trusted."""
     return [STUDY_MODE_NOTE] if config.watches_test else []
@@ -525,77 +363,3 @@ def run_summary(config: Config, run: Prepared, rows: list[dict[str, Any]], final
     }
 
 
-# --- calibration of a run (train/calibration.py) ---------------------------------------------------------------------
-RECIPE_SOURCE = "the recipe's (train.temperature: fitted on validation splits of runs of this recipe)"
-
-
-def run_calibration(model: ResNet, t: TrainConfig, val: Split | None, final: dict[str, Any]) -> dict[str, Any] | None:
-    """The finished run's temperature: fitted on its own validation split where it has one, else the recipe's
-    (``train.temperature``, from where ``train.temperature_source`` says; None where the recipe has none). Where the
-    run was scored on the test set, the test NLL and ECE of its probabilities, with and without the temperature, are
-    reported beside it (never fitted on)."""
-    if val is not None:
-        calibration = fit_and_report(model, val, t, final["logits"] if final["split"] == "validation" else None,
-                                     final["tta"])
-    elif t.temperature:
-        calibration = {"temperature": t.temperature, "source": t.temperature_source or RECIPE_SOURCE}
-    else:
-        return None
-    if final["split"] == "test":  # what the temperature is worth on the test set, reported only
-        calibration |= before_and_after(final["logits"], final["labels"], calibration["temperature"], "test")
-    return calibration
-
-
-def fit_and_report(model: ResNet, val: Split, t: TrainConfig, logits: torch.Tensor | None = None,
-                   tta: str | None = None) -> dict[str, Any]:
-    """The temperature fitted on the validation images ``val`` and their NLL / ECE before and after, for the
-    probabilities every command gives: the mean logits over the run's TTA views (``tta``, default the recipe's),
-    scored as the run scores, or ``logits`` where the run has them already."""
-    tta = tta or t.tta
-    if logits is None:
-        logits = view_logits(model, val, tta=tta, **eval_options(t)).mean(0)
-    temperature = fit_temperature(logits, val.labels)
-    return {"temperature": temperature, "source": f"validation split ({len(val):,} images, {tta} TTA)",
-            "val_images": len(val), **before_and_after(logits, val.labels, temperature, "val")}
-
-
-def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                  data: CIFAR10 | None = None, device: str = "auto", allow_unfinished: bool = False,
-                  temperature: float | None = None) -> dict[str, Any]:
-    """Fit the temperature of a finished run on its own validation split (``data.val_size`` images carved from the
-    training set with ``data.val_seed``, as :func:`prepare_splits` carved them), or store the given ``temperature``
-    (e.g. its recipe's, for a run trained before recipes carried one), in its ``model.safetensors`` and
-    ``summary.json``. Without ``temperature``, a run that trained on every training image has no held-out images:
-    refused, rather than calibrated on the test set. The run folder's lock is held throughout (a run still training
-    there, or another command writing, is refused); an unfinished run is refused unless ``allow_unfinished``. Every
-    file is read and checked before either is written."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir} is not a run folder")
-    if temperature is not None and not temperature_in_range(temperature):
-        raise CheckpointError("--temperature must be between {:g} and {:g}, got {:g}".format(*TEMPERATURE_RANGE,
-                                                                                              temperature))
-    with lock_run_folder(run_dir):
-        weights = weights_path(run_dir, allow_unfinished)
-        config = config_from_dict(read_toml(run_dir / "config.toml", CheckpointError), stored=True)
-        if temperature is None and not config.data.val_size:
-            raise CheckpointError(f"{run_dir}: this run trained on every training image, so no held-out images are "
-                                  "left to fit a temperature on (the test set is never used); give its recipe's "
-                                  f"temperature with --temperature T (the default recipe's is "
-                                  f"{TrainConfig().temperature:g}), or train with data.val_size=N to fit one")
-        summary_path = run_dir / "summary.json"
-        summary = read_summary(summary_path) if summary_path.exists() else None
-        spec, tensors, metadata = read_weights(weights)
-        model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
-        if temperature is None:
-            data = data if data is not None else load_cifar10(data_dir)
-            _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
-            dev = select_device(device)
-            result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train)
-        else:
-            result = {"temperature": temperature, "source": "given (resbudget calibrate --temperature)"}
-        extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
-        save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
-        if summary is not None:
-            write_text(summary_path, json.dumps({**summary, "calibration": result}, indent=2) + "\n")
-    return result
