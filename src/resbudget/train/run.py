@@ -214,6 +214,17 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
                      time_plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run itself, in a folder held by :func:`hold_run_folder`: train (or go on training) the prepared net,
     then evaluate it, calibrate it where it has a validation split, and write its weights and summary once."""
+    tta = config.train.tta
+    if time_limit:  # the evaluations are timed on the net, and their views cut (or the run refused, writing nothing)
+        held_out = run.test if run.test is not None else run.val
+        per_view = seconds_per_view(run.model, held_out, config.train)
+        evaluations = evaluations_after(config, run, per_view)
+        spent = (float(saved["wall_seconds"]) if saved is not None else 0.0) + time.perf_counter() - wall_start
+        tta = tta_that_fits(evaluations, tta, time_limit - spent - RESERVE_SECONDS, time_limit,
+                            first_step_seconds(per_view, config.train.batch_size))
+        if tta != config.train.tta:
+            show.message(f"note: the time limit holds the final evaluation to {tta} TTA ({VIEWS[tta]} view(s) "
+                         f"of {VIEWS[config.train.tta]})")
     if saved is None and not (out_dir / "config.toml").is_file():
         write_text(out_dir / "config.toml", config_to_toml(config))
     for note in [f"warning: {w}" for w in run.model_summary.warnings] + [f"note: {n}" for n in run_notes(config)]:
@@ -241,17 +252,6 @@ def _train_in_folder(config: Config, out_dir: Path, run: Prepared, saved: dict[s
         show.epoch(row)
         if on_epoch_end is not None:
             on_epoch_end(state.epoch, row)
-
-    tta = config.train.tta
-    if time_limit:  # the evaluations are timed on the net, and their views cut where the limit cannot hold them
-        held_out = run.test if run.test is not None else run.val
-        per_view = seconds_per_view(run.model, held_out, config.train)
-        evaluations = evaluations_after(config, run, per_view)
-        tta = tta_that_fits(evaluations, tta, time_limit - wall() - RESERVE_SECONDS, time_limit,
-                            first_step_seconds(per_view, config.train.batch_size))
-        if tta != config.train.tta:
-            show.message(f"note: the time limit holds the final evaluation to {tta} TTA ({VIEWS[tta]} view(s) "
-                         f"of {VIEWS[config.train.tta]})")
 
     def over_time(images_per_s: float) -> str | None:  # after a step: is there room for the next one?
         next_step = config.train.batch_size / images_per_s
