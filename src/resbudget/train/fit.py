@@ -52,12 +52,12 @@ def diverged(epoch: int, step: int, steps: int, what: str, lr: float, precision:
     return DivergedError(f"training diverged in epoch {epoch}, step {step} of {steps}: {what}; {tries}", epoch, step)
 
 
-def check_loss(first_bad: torch.Tensor, epoch: int, steps: int, lr: float, precision: str) -> None:
-    """:class:`DivergedError` if a step of epoch ``epoch`` (0-based) had a loss that was not finite: ``first_bad``
-    holds the first such step's index, or -1."""
-    bad = int(first_bad)
-    if bad >= 0:
-        raise diverged(epoch + 1, bad + 1, steps, "its loss was not finite", lr, precision)
+def check_loss(step_losses: torch.Tensor, done: int, epoch: int, steps: int, lr: float, precision: str) -> None:
+    """:class:`DivergedError` if one of the first ``done`` steps of epoch ``epoch`` (0-based) had a loss that was not
+    finite (``step_losses``: the epoch's loss of each step)."""
+    bad = (~torch.isfinite(step_losses[:done])).nonzero()
+    if len(bad):
+        raise diverged(epoch + 1, int(bad[0]) + 1, steps, "its loss was not finite", lr, precision)
 
 
 def finite_state(state: TrainingState) -> bool:
@@ -183,7 +183,7 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
             train_stem_bias_(model, epoch < t.stem_bias_epochs)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # the first step whose loss was not finite
+        step_losses = torch.empty(steps, device=device)  # read every CHECK_EVERY steps: one sync, not one a step
         for step in range(steps):
             lr = state.schedule.lr(epoch + step / steps)
             set_lr(state.optimizer, lr, config.optim.lr)
@@ -199,9 +199,9 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
             if state.last_loss is not None:
                 state.last_loss[idx] = losses.detach().float()
             loss_sum += loss.detach().float()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            step_losses[step] = loss.detach()
             if (step + 1) % CHECK_EVERY == 0:
-                check_loss(first_bad, epoch, steps, config.optim.lr, t.precision)
+                check_loss(step_losses, step + 1, epoch, steps, config.optim.lr, t.precision)
             correct += (logits.argmax(1) == y).sum()
             show.step(epoch + 1, step + 1, steps, loss.detach())
             if stop is not None and (step + 1 < steps or epoch + 1 < t.epochs):  # not after the very last step
@@ -209,7 +209,7 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
                 if state.stopped:
                     steps = step + 1
                     break
-        check_loss(first_bad, epoch, steps, config.optim.lr, t.precision)
+        check_loss(step_losses, steps, epoch, steps, config.optim.lr, t.precision)
         if not finite_state(state):
             raise diverged(epoch + 1, steps, steps, "its weights were no longer finite (every loss of the epoch was)",
                            config.optim.lr, t.precision)
