@@ -137,8 +137,7 @@ def summarize_runs(runs: list[Run]) -> list[Row]:
 
 def _validation_only(summary: dict[str, Any]) -> bool:
     """A search trial's run, scored on its validation split: it never read the test set."""
-    return summary.get("test_set_used", True) is False or (summary["test_accuracy"] is None
-                                                            and not summary.get("diverged"))
+    return summary.get("test_set_used", True) is False
 
 
 def _accuracy(summary: dict[str, Any]) -> float:

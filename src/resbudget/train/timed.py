@@ -183,7 +183,7 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
         point, config, params, seconds = min(candidates, key=lambda c: c[3])
         config, seconds = cut_to_fit(point, config, kind, default_seconds, MARGIN * left)
         if seconds > MARGIN * left:  # not even one epoch of the fastest: refused, with the least limit that holds
-            least = math.ceil((seconds / MARGIN + elapsed) / 6) / 10
+            least = math.ceil(10 * (seconds / MARGIN + elapsed) / 60) / 10  # minutes, rounded up to a tenth
             record.update(chosen=None, least_minutes=least)
             raise TimeBudgetError(
                 f"--minutes {minutes:g} cannot be kept on this machine: the shortest run, {point.name} cut to 1 epoch, "
