@@ -31,7 +31,7 @@ from resbudget.models import summarize
 from resbudget.train import Config
 from resbudget.train.evaluate import eval_options, view_logits
 from resbudget.train.optim import make_optimizer
-from resbudget.train.run import initial_model
+from resbudget.train.setup import initial_model
 from resbudget.train.step import TrainStep
 
 # profiler op names -> part of the step (first match wins; what matches none is "the rest of the net")

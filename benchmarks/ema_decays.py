@@ -22,7 +22,7 @@ import torch
 from resbudget.data import load_cifar10
 from resbudget.train import evaluate, load_config, select_device, train_run
 from resbudget.train.average import WeightAverage
-from resbudget.train.run import prepare_splits
+from resbudget.train.setup import prepare_splits
 
 TRACKS: dict[str, WeightAverage] = {}
 RAW: list[torch.Tensor] = []
@@ -81,7 +81,7 @@ def main() -> None:
                       "test_loss": r["loss"], "eval_seconds": round(time.perf_counter() - start, 1)}
         print(f"{name:16s} {100 * r['accuracy']:.2f}%  {100 * r['accuracy_tta']:.2f}% with {t.tta} TTA", flush=True)
     out = {"recipe": args.recipe, "overrides": args.set, "seed": t.seed, "epochs": t.epochs,
-           "wall_seconds": summary["wall_seconds"], "tracks": rows}
+           "wall_seconds": summary.wall_seconds, "tracks": rows}
     (args.out / "ema.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 

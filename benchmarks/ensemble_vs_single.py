@@ -61,8 +61,8 @@ def main() -> None:
         "ensemble": {"members": k, "member_params": ens["member_params"], "params": ens["params"],
                      "epochs": epochs_m, "wall_seconds": ens["wall_seconds"], "member_accuracy": ens["members"],
                      "rules": ens["rules"], "oracle": ens["oracle"], "mean_disagreement": ens["mean_disagreement"]},
-        "single": {"params": one["params"], "epochs": epochs_s, "wall_seconds": one["wall_seconds"],
-                   "test_accuracy": one["test_accuracy"]},
+        "single": {"params": one.params, "epochs": epochs_s, "wall_seconds": one.wall_seconds,
+                   "test_accuracy": one.test_accuracy},
     }
     (a.out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))

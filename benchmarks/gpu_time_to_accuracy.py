@@ -175,16 +175,16 @@ def main() -> None:
             run_s = time.perf_counter() - t0
             estimate = run_s
             images = trained_images(run_dir)
-            r = {"seed": seed, "test": 100 * s["test_accuracy"],
-                 "tta": None if s["test_accuracy_tta"] is None else 100 * s["test_accuracy_tta"],
-                 "train_s": s["train_seconds"], "run_s": round(run_s, 3),
-                 "airbench_s": round(s["whiten_seconds"] + s["train_seconds"] + s["final_eval_seconds"], 3),
-                 "images_per_s": images / s["train_seconds"],
-                 "ms_per_step": 1000 * s["train_seconds"] / round(images / config.train.batch_size),
-                 "peak_share": 6 * macs * images / s["train_seconds"] / (peak * 1e12),
+            r = {"seed": seed, "test": 100 * s.test_accuracy,
+                 "tta": None if s.test_accuracy_tta is None else 100 * s.test_accuracy_tta,
+                 "train_s": s.train_seconds, "run_s": round(run_s, 3),
+                 "airbench_s": round(s.whiten_seconds + s.train_seconds + s.final_eval_seconds, 3),
+                 "images_per_s": images / s.train_seconds,
+                 "ms_per_step": 1000 * s.train_seconds / round(images / config.train.batch_size),
+                 "peak_share": 6 * macs * images / s.train_seconds / (peak * 1e12),
                  # absent from the summaries of code before the captured step
                  "captures": s.get("graph_captures", 0), "capture_s": s.get("capture_seconds", 0.0),
-                 "graph_fallback": s.get("graph_fallback")}
+                 "graph_fallback": s.graph_fallback}
             runs.append(r)
             tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""
             graph = f", {r['captures']} graph captures in {r['capture_s']:.3f} s" if r["captures"] else ""

@@ -48,7 +48,7 @@ def run_recipe(name: str, config, seeds: int, out: Path, data_dir: str, peak: fl
         if done.is_file():
             runs.append(json.loads(done.read_text(encoding="utf-8")))
         else:
-            runs.append(train_run(cfg, run_dir, data_dir=data_dir, progress=False,
+            runs.append(train_run(cfg, run_dir, data=data_dir, progress=False,
                                   resume=(run_dir / "config.toml").is_file()))
         r = runs[-1]
         print(f"  {name} seed {seed}: {100 * r['test_accuracy']:.2f}%"

@@ -57,7 +57,7 @@ def test_a_run_with_ema_is_scored_and_saved_as_its_average_and_resumes_to_the_sa
     a, _ = load_model(tmp_path / "plain")
     b, _ = load_model(tmp_path / "full")
     assert not torch.allclose(a.classifier.weight, b.classifier.weight)
-    assert full["test_accuracy"] != plain["test_accuracy"] or full["test_loss"] != plain["test_loss"]
+    assert full.test_accuracy != plain.test_accuracy or full.test_loss != plain.test_loss
 
     class Stop(Exception):
         pass
@@ -72,9 +72,9 @@ def test_a_run_with_ema_is_scored_and_saved_as_its_average_and_resumes_to_the_sa
     c, _ = load_model(tmp_path / "cut")
     for (name, x), y in zip(b.state_dict().items(), c.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-6), name
-    assert resumed["test_accuracy"] == full["test_accuracy"]
+    assert resumed.test_accuracy == full.test_accuracy
     # The stored result scores what the run reported: the averaged net, not the live one.
     from resbudget.train import evaluate_checkpoint
 
     result = evaluate_checkpoint(tmp_path / "full", data=small_cifar, precision="fp32")
-    assert result["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=1e-9)
+    assert result["test_accuracy"] == pytest.approx(full.test_accuracy, abs=1e-9)

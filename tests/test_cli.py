@@ -36,8 +36,8 @@ def test_arch_reads_a_spec_file(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["arch", "resnet19"], "unknown preset 'resnet19'"),
-    (["train", "resnet19"], "unknown preset 'resnet19'"),
+    (["arch", "resnet19"], "unknown recipe or preset 'resnet19'"),
+    (["train", "resnet19"], "unknown recipe or preset 'resnet19'"),
     (["train", "shallow", "--set", "optim.lrate=0.1"], "unknown key optim.lrate"),
     (["train", "resnet18", "--data-dir", "/nonexistent"], "over the budget of 5,000,000"),
     (["train", "shallow", "--data-dir", "/nonexistent"], "CIFAR-10 not found"),
@@ -103,7 +103,7 @@ def test_an_unwritable_run_folder_is_a_clean_error(capsys, tmp_path, synthetic_d
     assert blocker.read_text() == "not a folder"
 
 
-def test_train_best_and_an_old_recipe_name_resolve_before_the_data_is_looked_for(capsys):
-    for name in ("best", "best-cpu", "default-before-noise"):
+def test_train_best_and_no_noise_resolve_before_the_data_is_looked_for(capsys):
+    for name in ("best", "no-noise"):
         code, out, err = run(capsys, "train", name, "--data-dir", "/nonexistent")
         assert code == 2 and "CIFAR-10 not found" in err and not out  # the recipe resolved; only the data was missing

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from resbudget.models import UnknownPresetError, get_preset
+from resbudget.models import get_preset, list_presets
 from resbudget.train import (
     Config,
     ConfigError,
@@ -52,9 +52,12 @@ def test_bad_overrides_name_the_problem(override, message):
         load_config("shallow", [override])
 
 
-def test_unknown_preset_is_an_error():
-    with pytest.raises(UnknownPresetError, match="unknown preset 'tiny'"):
+def test_an_unknown_recipe_or_preset_is_an_error_naming_both_lists():
+    with pytest.raises(ConfigError, match="unknown recipe or preset 'tiny': recipes are default, best, .*; presets "
+                                          "are airres, .*shallow; or give a .toml file"):
         load_config("tiny")
+    with pytest.raises(ConfigError, match="unknown recipe or preset 'best-cpu'"):  # old names are gone
+        load_config("best-cpu")
 
 
 def test_toml_file_round_trip(tmp_path):
@@ -183,13 +186,15 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(str(p.relative_to(REPO)) for folder in ("experiments/paper", "configs", "benchmarks/recipes")
                       for p in (REPO / folder).glob("*.toml"))
 BASE_FILES = sorted(f"src/resbudget/train/bases/{p.name}" for p in BASES_DIR.glob("*.toml"))
-# Every config of the tree, resolved at commit 14359eb (before the recipes were renamed for what they are for):
-# old names and paths resolve to the same configs now, the renamed ones through the compat table.
-BEFORE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs_14359eb.json").read_text())
+# Every config of the tree, resolved at commit 14359eb: those still in the tree under the same name or path resolve
+# to the same configs now.
+BEFORE = {name: config for name, config in
+          json.loads((REPO / "tests" / "fixtures" / "resolved_configs_14359eb.json").read_text()).items()
+          if (REPO / name).is_file() or name in named_recipes() or name in list_presets()}
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
-def test_every_config_resolves_as_before_under_its_old_name(name):
+def test_every_config_still_in_the_tree_resolves_as_before(name):
     """The same configs, but for the keys added since (compat.ADDED_KEYS), which 14359eb did not have."""
     from resbudget.compat import ADDED_KEYS
 
@@ -253,16 +258,6 @@ def test_every_recipe_is_at_most_one_base_above_the_defaults(name):
         assert not base.endswith(".toml"), f"{name} builds on another file: name a recipe of train/bases/"
         parent = tomllib.loads((BASES_DIR / f"{base}.toml").read_text())
         assert parent.get("base", "default") == "default", f"{name}: its base {base} has a base of its own"
-
-
-def test_renamed_recipes_and_files_load_what_they_are_now():
-    from resbudget.compat import RENAMED_FILES, RENAMED_RECIPES
-
-    for old, new in RENAMED_RECIPES.items():
-        assert load_config(old) == load_config(new)
-    for old, new in RENAMED_FILES.items():
-        assert not (REPO / old).exists()
-        assert load_config(REPO / old) == load_config(REPO / new if new.endswith(".toml") else new)
 
 
 def _resolved_base(data: dict, path: Path) -> dict:

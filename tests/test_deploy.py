@@ -64,8 +64,8 @@ def test_ece_by_hand():
 
 
 def test_a_run_with_a_validation_split_is_calibrated_and_eval_reports_both(tmp_path, synthetic_dir, capsys):
-    summary = train_run(tiny_config("data.val_size=100"), tmp_path / "run", data_dir=synthetic_dir, progress=False)
-    c = summary["calibration"]
+    summary = train_run(tiny_config("data.val_size=100"), tmp_path / "run", data=synthetic_dir, progress=False)
+    c = summary.calibration
     assert c["val_images"] == 100 and c["val_nll_calibrated"] <= c["val_nll"] + 1e-9
     assert temperature_of(tmp_path / "run") == pytest.approx(c["temperature"])
     assert main(["eval", str(tmp_path / "run"), "--data-dir", str(synthetic_dir), "--json"]) == 0
@@ -81,7 +81,7 @@ def test_a_run_with_a_validation_split_is_calibrated_and_eval_reports_both(tmp_p
 
 def test_a_run_without_held_out_images_is_not_calibrated_on_the_test_set(tmp_path, small_cifar, capsys):
     summary = train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=small_cifar, progress=False)
-    assert summary["calibration"] is None and temperature_of(tmp_path / "run") == 1.0
+    assert summary.calibration is None and temperature_of(tmp_path / "run") == 1.0
     with pytest.raises(CheckpointError, match="no held-out images are left.*--temperature T"):
         calibrate_run(tmp_path / "run", data=small_cifar)
     # its recipe's temperature, given by hand, is stored where predict, eval and export read it
@@ -100,15 +100,15 @@ def test_a_run_without_held_out_images_is_not_calibrated_on_the_test_set(tmp_pat
 def test_a_run_without_a_split_takes_its_recipes_temperature_and_reports_it_on_test(tmp_path, small_cifar):
     summary = train_run(tiny_config("train.epochs=1", "train.tta=flip", "train.temperature=0.5"), tmp_path / "run",
                         data=small_cifar, progress=False)
-    c = summary["calibration"]
+    c = summary.calibration
     assert c["temperature"] == 0.5 and "train.temperature" in c["source"] and "val_images" not in c
     assert temperature_of(tmp_path / "run") == 0.5
     # the test numbers are reported, never fitted on: eval recomputes them from the same weights and views
     from resbudget.train import evaluate_checkpoint
 
     r = evaluate_checkpoint(tmp_path / "run", data=small_cifar)
-    assert r["test_accuracy"] == summary["test_accuracy"] and r["test_accuracy_tta"] == summary["test_accuracy_tta"]
-    assert r["test_loss"] == pytest.approx(summary["test_loss"], abs=1e-12)
+    assert r["test_accuracy"] == summary.test_accuracy and r["test_accuracy_tta"] == summary.test_accuracy_tta
+    assert r["test_loss"] == pytest.approx(summary.test_loss, abs=1e-12)
     for key in ("test_nll", "test_ece", "test_nll_calibrated", "test_ece_calibrated"):
         assert r["calibration"][key] == pytest.approx(c[key], abs=1e-12), key
 

@@ -27,7 +27,7 @@ def test_a_run_that_diverges_stops_at_the_step_and_records_it(tmp_path, small_ci
     # resumed, it is a result already: the same error, nothing trained again
     with pytest.raises(DivergedError, match="diverged in epoch 1") as again:
         train_run(None, run, data=small_cifar, resume=True, progress=False)
-    assert again.value.summary["date"] == summary["date"]
+    assert again.value.summary.date == summary["date"]
 
 
 def test_a_run_that_diverges_later_keeps_its_last_finite_epoch_as_unfinished_weights(tmp_path, small_cifar):
@@ -60,13 +60,13 @@ def test_a_study_records_a_diverged_run_and_goes_on(tmp_path, small_cifar, capsy
     text = (study / "a.toml").read_text().replace("[train]\n", "[optim]\nlr = 1e12\n[train]\n")
     (study / "a.toml").write_text(text)
     summaries = run_study(study, tmp_path / "out", epochs=1, data=small_cifar, progress=False)
-    assert [s["experiment"] for s in summaries] == ["a", "b"]
-    assert summaries[0]["diverged"]["epoch"] == 1 and summaries[0]["test_accuracy"] is None
-    assert summaries[1]["diverged"] is None and summaries[1]["test_accuracy"] is not None
+    assert [s.experiment for s in summaries] == ["a", "b"]
+    assert summaries[0].summary.diverged.epoch == 1 and summaries[0].summary.test_accuracy is None
+    assert summaries[1].summary.diverged is None and summaries[1].summary.test_accuracy is not None
     listed = json.loads((tmp_path / "out" / "study.json").read_text())
     assert listed[0]["diverged"]["epoch"] == 1
     again = run_study(study, tmp_path / "out", epochs=1, data=small_cifar, progress=False)  # nothing retrained
-    assert [s["date"] for s in again] == [s["date"] for s in summaries]
+    assert [s.summary.date for s in again] == [s.summary.date for s in summaries]
 
 
 def test_the_study_command_shows_a_diverged_run_in_its_table(tmp_path, synthetic_dir, capsys):

@@ -51,7 +51,7 @@ def test_resumed_run_with_drop_easy_matches_the_uninterrupted_one(small_cifar, t
     b, _ = load_model(tmp_path / "cut")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-6), name
-    assert cut["test_accuracy"] == full["test_accuracy"]
+    assert cut.test_accuracy == full.test_accuracy
     rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train_loss"] == pytest.approx(json.loads(
         (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"])

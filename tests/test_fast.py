@@ -101,9 +101,9 @@ def test_training_with_whitening_alternating_flips_and_tta(small_cifar, tmp_path
     config = tiny_config("train.whiten_init=true", "data.flip_mode=alternate", "train.tta=flip-shift",
                          "train.epochs=1")
     s = train_run(config, tmp_path / "run", data=small_cifar, progress=False)
-    assert 0 <= s["test_accuracy_tta"] <= 1 and s["test_accuracy"] is not None
+    assert 0 <= s.test_accuracy_tta <= 1 and s.test_accuracy is not None
     plain = train_run(tiny_config("train.epochs=1"), tmp_path / "plain", data=small_cifar, progress=False)
-    assert plain["test_accuracy_tta"] is None
+    assert plain.test_accuracy_tta is None
 
 
 def test_one_tta_pass_gives_the_plain_numbers_too(small_cifar):

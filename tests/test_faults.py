@@ -66,7 +66,7 @@ def test_allow_unfinished_uses_a_killed_runs_last_epoch(tmp_path, synthetic_dir,
 
     run_dir = tmp_path / "run"
     with pytest.raises(Killed):
-        train_run(tiny_config(), run_dir, data_dir=synthetic_dir, progress=False, on_epoch_end=_kill_after_epoch)
+        train_run(tiny_config(), run_dir, data=synthetic_dir, progress=False, on_epoch_end=_kill_after_epoch)
     assert not (run_dir / "summary.json").exists() and (run_dir / "state.safetensors").is_file()
     image = tmp_path / "cat.png"
     Image.new("RGB", (32, 32), (120, 80, 40)).save(image)
@@ -79,8 +79,8 @@ def test_allow_unfinished_uses_a_killed_runs_last_epoch(tmp_path, synthetic_dir,
         assert code == 0, err
     assert (tmp_path / "net.onnx").is_file()
     # and it resumes to the end as if never stopped
-    summary = train_run(None, run_dir, data_dir=synthetic_dir, resume=True, progress=False)
-    assert summary["epochs"] == 2 and len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    summary = train_run(None, run_dir, data=synthetic_dir, resume=True, progress=False)
+    assert summary.epochs == 2 and len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(tmp_path, synthetic_dir, capsys,
@@ -109,7 +109,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(tmp_path
 
 @pytest.fixture
 def run_dir(tmp_path, synthetic_dir):
-    train_run(tiny_config("train.epochs=1"), tmp_path / "run", data_dir=synthetic_dir, progress=False)
+    train_run(tiny_config("train.epochs=1"), tmp_path / "run", data=synthetic_dir, progress=False)
     return tmp_path / "run"
 
 

@@ -469,7 +469,7 @@ def finished_run(tmp_path, synthetic_dir):
 
     from .conftest import tiny_config
 
-    train_run(tiny_config("data.val_size=100", "train.epochs=1"), tmp_path / "run", data_dir=synthetic_dir,
+    train_run(tiny_config("data.val_size=100", "train.epochs=1"), tmp_path / "run", data=synthetic_dir,
               progress=False)
     return tmp_path / "run"
 

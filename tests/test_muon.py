@@ -11,7 +11,7 @@ from resbudget.train import load_config, train_run
 from resbudget.train.config import ConfigError
 from resbudget.train.muon import MuonSGD, muon_param_groups, orthogonalize
 from resbudget.train.optim import make_optimizer, set_lr
-from resbudget.train.run import initial_model
+from resbudget.train.setup import initial_model
 
 from .conftest import tiny_config
 
@@ -148,7 +148,7 @@ def test_frozen_bn_scales_and_stem_do_not_move_in_training(small_cifar, tmp_path
     start = initial_model(config)
     assert not start.stem_conv.weight.requires_grad
     s = train_run(config, tmp_path / "run", data=small_cifar, progress=False)
-    assert s["test_accuracy"] is not None
+    assert s.test_accuracy is not None
     from resbudget.train import load_model
     trained, _ = load_model(tmp_path / "run")
     assert torch.equal(trained.stem_conv.weight, start.stem_conv.weight)
@@ -196,9 +196,9 @@ def test_default_recipe_runs_end_to_end_on_a_few_real_images(small_cifar, tmp_pa
     c = default_config()
     c = dataclasses.replace(c, train=dataclasses.replace(c.train, epochs=2, batch_size=128, stem_bias_epochs=1))
     s = train_run(c, tmp_path / "run", data=small_cifar, progress=False)
-    assert s["preset"] == "airres" and s["params"] == 1_972_802
-    assert 0.0 <= s["test_accuracy"] <= 1.0 and 0.0 <= s["test_accuracy_tta"] <= 1.0
-    assert s["test_loss"] is not None and s["test_loss"] == s["test_loss"]  # finite, not NaN
+    assert s.preset == "airres" and s.params == 1_972_802
+    assert 0.0 <= s.test_accuracy <= 1.0 and 0.0 <= s.test_accuracy_tta <= 1.0
+    assert s.test_loss is not None and s.test_loss == s.test_loss  # finite, not NaN
 
 
 def test_set_lr_writes_into_the_same_lr_tensors_which_survive_a_state_round_trip():

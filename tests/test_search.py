@@ -27,7 +27,7 @@ from resbudget.search import (
 )
 from resbudget.search.engine import default_storage, trained
 from resbudget.search.space import check_trial, parse_param
-from resbudget.train import load_config
+from resbudget.train import RunSummary, load_config
 
 TINY_SPACE = """
 [params]
@@ -159,16 +159,16 @@ def test_pareto_front_keeps_only_undominated_points():
 
 # --- searching -------------------------------------------------------------------------------------------------------
 def test_over_budget_nets_are_never_built(tmp_path, tiny_space, small_cifar, monkeypatch):
-    from resbudget.train import run as run_module
+    from resbudget.train import setup as setup_module
 
     built = []
-    real = run_module.initial_model
+    real = setup_module.initial_model
 
     def recording(config):
         built.append(config.model)
         return real(config)
 
-    monkeypatch.setattr(run_module, "initial_model", recording)
+    monkeypatch.setattr(setup_module, "initial_model", recording)
     space = Space(tiny_space.base, tuple(p for p in tiny_space.params if p.key != "model.stage_widths")
                   + (parse_param("model.stage_widths", {"choices": [8, 16, 256]}),))
     study = search(tmp_path, space, small_cifar, trials=3, budget=40_000)
@@ -242,8 +242,7 @@ def fake_training(accuracy_of, seconds_per_epoch=0.0):
             time.sleep(seconds_per_epoch)
             on_epoch_end(epoch, {"val_acc": accuracy_of(config) * epoch / config.train.epochs, "stopped": None,
                                  "images_per_s": 1000.0})
-        return {"val_accuracy": accuracy_of(config), "val_accuracy_tta": None, "wall_seconds": 0.01,
-                "stopped": None, "calibration": None}
+        return RunSummary(val_accuracy=accuracy_of(config), wall_seconds=0.01, test_set_used=False)
     return train_run
 
 

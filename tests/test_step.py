@@ -12,7 +12,7 @@ from torch import nn
 from resbudget.models.prepare import train_stem_bias_
 from resbudget.train import load_config
 from resbudget.train.optim import make_optimizer, set_lr
-from resbudget.train.run import initial_model
+from resbudget.train.setup import initial_model
 from resbudget.train.step import WARMUP_STEPS, TrainStep, records
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -262,8 +262,8 @@ def test_a_run_whose_recording_fails_ends_normally_and_its_summary_says_why(smal
     monkeypatch.setattr(step_module, "CudaRecorder", Failing)
     config = small_default("train.epochs=2", "train.batch_size=64", "train.tta=none")
     summary = train_run(config, tmp_path / "run", data=small_cifar, progress=False)
-    assert summary["step_graph"] is False and summary["graph_captures"] == 0
-    assert summary["graph_fallback"] == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+    assert summary.step_graph is False and summary.graph_captures == 0
+    assert summary.graph_fallback == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
     err = capsys.readouterr().err
     assert err.count("warning: recording the training step as a CUDA graph failed") == 1
     assert "Traceback" not in err and (tmp_path / "run" / "model.safetensors").exists()

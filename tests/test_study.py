@@ -36,7 +36,7 @@ def test_every_experiment_builds_and_takes_a_training_step(name, config, small_c
     summary = train_run(small, tmp_path / name, data=small_cifar, progress=False)
     rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and math.isfinite(rows[0]["train_loss"])
-    assert summary["config"]["experiment"]["paper_accuracy"] == list(config.experiment.paper_accuracy)
+    assert summary.config["experiment"]["paper_accuracy"] == list(config.experiment.paper_accuracy)
 
 
 def _tiny_study(folder, names=("a", "b")):
@@ -65,13 +65,13 @@ def test_study_runs_skips_finished_runs_and_rejects_unknown_names(tmp_path, smal
     study = _tiny_study(tmp_path / "s")
     out = tmp_path / "out"
     first = run_study(study, out, epochs=1, seeds=2, data=small_cifar, progress=False)
-    assert [(s["experiment"], s["seed"]) for s in first] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
-    assert first[0]["test_accuracy"] is not None
+    assert [(s.experiment, s.seed) for s in first] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert first[0].summary.test_accuracy is not None
     assert (out / "a" / "seed1" / "summary.json").is_file() and (out / "study.json").is_file()
     again = run_study(study, out, epochs=1, seeds=2, data=small_cifar, progress=False)
-    assert [s["date"] for s in again] == [s["date"] for s in first]  # nothing retrained
+    assert [s.summary.date for s in again] == [s.summary.date for s in first]  # nothing retrained
     only = run_study(study, out, only=["b"], epochs=1, data=small_cifar, progress=False)
-    assert [s["experiment"] for s in only] == ["b"]
+    assert [s.experiment for s in only] == ["b"]
     with pytest.raises(StudyError, match="unknown experiment 'c'.*available: a, b"):
         run_study(study, out, only=["c"], data=small_cifar, progress=False)
     with pytest.raises(StudyError, match="no study 'nothing-here'"):
@@ -91,9 +91,9 @@ def test_study_resumes_an_interrupted_run(tmp_path, small_cifar):
 
     with pytest.raises(Stop):
         train_run(config, out / "a" / "seed0", data=small_cifar, progress=False, on_epoch_end=stop)
-    (summary,) = run_study(study, out, epochs=2, data=small_cifar, progress=False)
+    (run,) = run_study(study, out, epochs=2, data=small_cifar, progress=False)
     rows = (out / "a" / "seed0" / "metrics.jsonl").read_text().splitlines()
-    assert summary["epochs"] == 2 and len(rows) == 2
+    assert run.summary.epochs == 2 and len(rows) == 2
     with pytest.raises(RunFolderError, match="differs from the one stored"):
         run_study(study, out, epochs=3, data=small_cifar, progress=False)
 

@@ -7,6 +7,7 @@ import torch
 
 from resbudget.cli import main
 from resbudget.train import train_run
+from resbudget.train.deadline import TimeLimit
 from resbudget.train.timed import MARGIN, TimeBudgetError, load_front, plan, probe_step_seconds
 from tests.conftest import tiny_config
 
@@ -97,10 +98,10 @@ def test_a_run_under_a_time_limit_stops_between_steps_and_still_ends_cleanly(tmp
     """The limit holds whatever the plan predicted: 200 epochs of the tiny net cannot fit in 3 s."""
     limit = 3.0
     summary = train_run(tiny_config("train.epochs=200"), tmp_path / "run", data=small_cifar, progress=False,
-                        time_limit=limit)
-    assert summary["stopped"].startswith("time limit of 3 s: training stopped in epoch")
-    assert summary["wall_seconds"] <= 1.05 * limit and summary["time_limit"] == limit
-    assert summary["test_accuracy"] is not None and (tmp_path / "run" / "model.safetensors").is_file()
+                        time_limit=TimeLimit(limit))
+    assert summary.stopped.startswith("time limit of 3 s: training stopped in epoch")
+    assert summary.wall_seconds <= 1.05 * limit and summary.time_limit == limit
+    assert summary.test_accuracy is not None and (tmp_path / "run" / "model.safetensors").is_file()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) < 200 and not (tmp_path / "run" / "state.safetensors").exists()
 
@@ -169,7 +170,7 @@ def test_a_run_whose_evaluation_would_not_fit_is_refused_before_training(tmp_pat
 
     monkeypatch.setattr(run, "seconds_per_view", lambda *args: 1.0)  # a net that scores one image a second
     with pytest.raises(TimeLimitError, match="the time limit of 5 s cannot be kept"):
-        train_run(tiny_config(), tmp_path / "run", data=small_cifar, progress=False, time_limit=5.0)
+        train_run(tiny_config(), tmp_path / "run", data=small_cifar, progress=False, time_limit=TimeLimit(5.0))
     assert not (tmp_path / "run").exists()  # refused before anything was written
     assert deadline.EVAL_SHARE_MAX < 1
 
@@ -182,8 +183,8 @@ def test_a_run_whose_tta_would_not_fit_is_scored_with_fewer_views_and_says_so(tm
     monkeypatch.setattr(run, "seconds_per_view", lambda *args: 0.01)
     stream = __import__("io").StringIO()
     summary = train_run(tiny_config("train.tta=flip-shift", "train.epochs=1"), tmp_path / "run", data=small_cifar,
-                        stream=stream, time_limit=20.0)
-    assert summary["tta"] == "flip" and summary["test_accuracy_tta"] is not None
+                        progress=stream, time_limit=TimeLimit(20.0))
+    assert summary.tta == "flip" and summary.test_accuracy_tta is not None
     assert "the time limit holds the final evaluation to flip TTA (2 view(s) of 6)" in stream.getvalue()
 
 
@@ -192,5 +193,5 @@ def test_a_long_run_of_a_tiny_net_ends_within_its_limit_measured_from_outside(tm
 
     start = time.perf_counter()
     summary = train_run(tiny_config("train.epochs=1000", "train.tta=flip"), tmp_path / "run", data=small_cifar,
-                        progress=False, time_limit=4.0)
-    assert time.perf_counter() - start <= 1.1 * 4.0 and summary["stopped"]
+                        progress=False, time_limit=TimeLimit(4.0))
+    assert time.perf_counter() - start <= 1.1 * 4.0 and summary.stopped

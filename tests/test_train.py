@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from resbudget.models import BudgetError
-from resbudget.train import RunFolderError, TrainingError, evaluate_checkpoint, load_config, load_model, train_run
+from resbudget.train import (
+    RunFolderError,
+    TrainingError,
+    evaluate_checkpoint,
+    load_config,
+    load_model,
+    read_summary,
+    train_run,
+)
 from resbudget.train.checkpoint import plain_state_dict, read_weights
 
 from .conftest import TINY, tiny_config
@@ -16,19 +24,21 @@ def test_run_folder_holds_config_metrics_summary_and_weights(small_cifar, tmp_pa
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["config.toml", "metrics.csv", "metrics.jsonl",
                                                      "model.safetensors", "summary.json"]
+    written = json.loads((run / "summary.json").read_text())
     for key in ("config", "params", "macs", "test_accuracy", "wall_seconds", "epochs", "device", "torch_version",
                 "seed", "git_commit", "git_dirty"):
-        assert key in summary
-    assert f"({os.cpu_count()} cores" in summary["host_cpu"] and not summary["host_cpu"].startswith("(")
-    assert json.loads((run / "summary.json").read_text()) == summary
+        assert key in written
+    assert "val_accuracy_tta" not in written and "time_plan" not in written  # only where the run has them
+    assert f"({os.cpu_count()} cores" in summary.host_cpu and not summary.host_cpu.startswith("(")
+    assert written == summary.to_dict() and read_summary(run / "summary.json") == summary
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert summary["test_accuracy"] == rows[-1]["test_acc"]  # final epoch, not the best
+    assert summary.test_accuracy == rows[-1]["test_acc"]  # final epoch, not the best
     assert all(0 < r["train_seconds"] <= r["seconds"] for r in rows)  # the steps alone, evaluation excluded
-    assert summary["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rows), abs=2e-3)
-    assert 0 < summary["final_eval_seconds"] and 0 <= summary["whiten_seconds"] < summary["wall_seconds"]
+    assert summary.train_seconds == pytest.approx(sum(r["train_seconds"] for r in rows), abs=2e-3)
+    assert 0 < summary.final_eval_seconds and 0 <= summary.whiten_seconds < summary.wall_seconds
     # the tiny recipe trains with torch's SGD, whose float lr a CUDA graph would freeze: eager on every device
-    assert summary["step_graph"] is False and summary["graph_captures"] == 0 and summary["capture_seconds"] == 0
+    assert summary.step_graph is False and summary.graph_captures == 0 and summary.capture_seconds == 0
     assert (run / "metrics.csv").read_text().splitlines()[0] == (
         "epoch,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,seconds,train_seconds,images_per_s")
     assert load_config(run / "config.toml") == tiny_config()
@@ -37,7 +47,7 @@ def test_run_folder_holds_config_metrics_summary_and_weights(small_cifar, tmp_pa
         result = evaluate_checkpoint(path, data=small_cifar)
         assert result["precision"] == "bf16"
         assert (result["test_accuracy"], result["test_loss"]) == pytest.approx(
-            (summary["test_accuracy"], summary["test_loss"]), abs=1e-6)
+            (summary.test_accuracy, summary.test_loss), abs=1e-6)
 
 
 def test_training_reduces_the_loss(small_cifar, tmp_path):
@@ -50,15 +60,15 @@ def test_training_reduces_the_loss(small_cifar, tmp_path):
 def test_validation_split_is_carved_from_training(small_cifar, tmp_path):
     summary = train_run(tiny_config("data.val_size=100", "schedule.name=plateau", "train.epochs=1"), tmp_path / "run",
                     data=small_cifar, progress=False)
-    assert summary["val_accuracy"] is not None and not summary["plateau_watched_test"]
+    assert summary.val_accuracy is not None and not summary.plateau_watched_test
 
 
 def test_study_mode_is_flagged_in_every_output(small_cifar, tmp_path, capsys):
     import sys
 
     summary = train_run(tiny_config("schedule.name=plateau", "schedule.monitor=test", "train.epochs=1"),
-                    tmp_path / "run", data=small_cifar, stream=sys.stdout)
-    assert summary["plateau_watched_test"] is True and "TEST accuracy" in summary["notes"][0]
+                    tmp_path / "run", data=small_cifar, progress=sys.stdout)
+    assert summary.plateau_watched_test is True and "TEST accuracy" in summary.notes[0]
     assert "TEST accuracy" in capsys.readouterr().out
     result = evaluate_checkpoint(tmp_path / "run", data=small_cifar)
     assert "TEST accuracy" in result["notes"][0]
@@ -89,7 +99,7 @@ def test_resumed_run_continues_from_its_last_epoch_and_matches(small_cifar, tmp_
     cut, _ = load_model(tmp_path / "cut")
     for (name, a), b in zip(full.state_dict().items(), cut.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
-    assert summary["test_accuracy"] == json.loads((tmp_path / "full" / "summary.json").read_text())["test_accuracy"]
+    assert summary.test_accuracy == json.loads((tmp_path / "full" / "summary.json").read_text())["test_accuracy"]
     # Resuming a finished run changes nothing and returns its summary.
     assert train_run(None, tmp_path / "cut", resume=True, data=small_cifar, progress=False) == summary
 
@@ -110,7 +120,7 @@ def test_over_budget_is_refused_unless_allowed(small_cifar, tmp_path):
         train_run(config, tmp_path / "run", data=small_cifar, progress=False)
     assert not (tmp_path / "run").exists()
     summary = train_run(config, tmp_path / "run", data=small_cifar, progress=False, allow_over_budget=True)
-    assert summary["over_budget"] is True
+    assert summary.over_budget is True
 
 
 def test_diverging_loss_stops_with_an_error(small_cifar, tmp_path):
@@ -151,11 +161,11 @@ def test_the_finished_nets_numbers_end_the_metrics_and_eval_reproduces_them(smal
     summary = train_run(tiny_config("train.eval_test_every_epoch=false", "train.tta=flip"), tmp_path / "run",
                         data=small_cifar, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["test_acc"] is None and rows[-1]["test_acc"] == summary["test_accuracy"]
-    assert summary["test_accuracy_tta"] is not None and summary["git_dirty"] in (True, False, None)
+    assert rows[0]["test_acc"] is None and rows[-1]["test_acc"] == summary.test_accuracy
+    assert summary.test_accuracy_tta is not None and summary.git_dirty in (True, False, None)
     result = evaluate_checkpoint(tmp_path / "run", data=small_cifar)
-    assert (result["test_accuracy"], result["test_accuracy_tta"]) == (summary["test_accuracy"],
-                                                                       summary["test_accuracy_tta"])
+    assert (result["test_accuracy"], result["test_accuracy_tta"]) == (summary.test_accuracy,
+                                                                       summary.test_accuracy_tta)
     assert result["tta"] == "flip" and result["views"] == 2 and result["calibration"]["views"] == 2
 
 

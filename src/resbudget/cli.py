@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import _clock
-from ._defaults import HEARTBEAT_SECONDS
+from ._defaults import HEARTBEAT_SECONDS, SharedStorage
 from ._memory import keep_freed_memory
 from .models.budget import DEFAULT_BUDGET, MAX_PARAMS
 from .train.config import MAX_EPOCHS, MAX_SEED
@@ -129,16 +129,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{(config.preset if config and config.preset else 'custom')}-{stamp}"
-    summary = train_run(config, out, data_dir=args.data_dir, resume=args.resume,
+    summary = train_run(config, out, data=args.data_dir, resume=args.resume,
                         allow_over_budget=args.allow_over_budget, progress=not args.quiet)
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+        print(json.dumps({k: v for k, v in summary.to_dict().items() if k != "config"}, indent=2))
     return 0
 
 
 def train_for_minutes(args: argparse.Namespace) -> int:
     from .data import download_cifar10
     from .train import train_run
+    from .train.deadline import TimeLimit
     from .train.folder import check_new_run_folder
     from .train.timed import TimeBudgetError, format_plan, plan
 
@@ -164,17 +165,17 @@ def train_for_minutes(args: argparse.Namespace) -> int:
         epochs = f"{record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}"
         print(f"--minutes {args.minutes:g}: {record['chosen']}, {epochs}, {record['params']:,} "
               f"params: {record['why']}; expected {record['expected_accuracy']}", flush=True)
-    summary = train_run(config, out, data_dir=args.data_dir, allow_over_budget=args.allow_over_budget,
-                        progress=not args.quiet,
-                        time_limit=args.minutes * 60, started=args.started, time_plan=record)
+    summary = train_run(config, out, data=args.data_dir, allow_over_budget=args.allow_over_budget,
+                        progress=not args.quiet, time_limit=TimeLimit(args.minutes * 60, args.started, record))
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+        print(json.dumps({k: v for k, v in summary.to_dict().items() if k != "config"}, indent=2))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .ensemble import is_ensemble, load_ensemble
     from .train import evaluate_checkpoint
+    from .train.evaluate import CorruptionTest
 
     limits = dict(budget=args.budget, allow_over_budget=args.allow_over_budget)
     figure = None
@@ -183,9 +184,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         figure = figure_path(args.figure)  # checked before the evaluation, which takes a while
     model = load_ensemble(args.checkpoint, **limits) if is_ensemble(args.checkpoint) else None
-    result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
-                                 precision=args.precision, model=model, corruptions=args.images if args.corruptions
-                                 else 0, seed=args.seed, allow_unfinished=args.allow_unfinished, **limits)
+    result = evaluate_checkpoint(args.checkpoint, data=args.data_dir, device=args.device, precision=args.precision,
+                                 model=model, budget=None if args.allow_over_budget else args.budget,
+                                 allow_unfinished=args.allow_unfinished,
+                                 corruptions=CorruptionTest(args.images, args.seed) if args.corruptions else None)
     if figure is not None:
         from .report import plot_reliability
 
@@ -271,7 +273,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .train import calibrate_run
 
-    r = calibrate_run(args.run, data_dir=args.data_dir, device=args.device, allow_unfinished=args.allow_unfinished,
+    r = calibrate_run(args.run, data=args.data_dir, device=args.device, allow_unfinished=args.allow_unfinished,
                       temperature=args.temperature)
     if args.json:
         print(json.dumps(r, indent=2))
@@ -297,16 +299,17 @@ def cmd_study(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         storage = default_storage(out, "queue.db")
     with _other_workers(args, storage, out / "workers"):
-        summaries = run_study(args.study, out, only=args.only or (), epochs=args.epochs, seeds=args.seeds,
-                              data_dir=args.data_dir, storage=storage, heartbeat=args.heartbeat,
-                              progress=not args.quiet)
-    width = max(len(s["experiment"]) for s in summaries)
+        runs = run_study(args.study, out, only=args.only or (), epochs=args.epochs, seeds=args.seeds,
+                         data=args.data_dir, storage=SharedStorage(storage, args.heartbeat) if storage else None,
+                         progress=not args.quiet)
+    width = max(len(r.experiment) for r in runs)
     print(f"{'experiment':<{width}}  seed  epochs  test acc  paper")
-    for s in summaries:
-        paper = ", ".join(f"{a:g}" for a in s["config"]["experiment"]["paper_accuracy"]) or "-"
-        flag = "  (plateau watched test)" if s["plateau_watched_test"] else ""
-        accuracy = "diverged" if s.get("diverged") else f"{100 * s['test_accuracy']:7.2f}%"
-        print(f"{s['experiment']:<{width}}  {s['seed']:>4}  {s['epochs']:>6}  {accuracy:>8}  {paper}{flag}")
+    for r in runs:
+        s = r.summary
+        paper = ", ".join(f"{a:g}" for a in s.config["experiment"]["paper_accuracy"]) or "-"
+        flag = "  (plateau watched test)" if s.plateau_watched_test else ""
+        accuracy = "diverged" if s.diverged else f"{100 * s.test_accuracy:7.2f}%"
+        print(f"{r.experiment:<{width}}  {r.seed:>4}  {s.epochs:>6}  {accuracy:>8}  {paper}{flag}")
     print(f"runs in {out}")
     return 0
 
@@ -400,7 +403,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         open_search(args.name, open_storage(storage, args.heartbeat), settings)
     with _other_workers(args, storage, folder / "workers"):
         study = run_search(args.name, trials=args.trials, out_dir=folder, storage=storage,
-                           settings=settings, data_dir=args.data_dir, heartbeat=args.heartbeat)
+                           settings=settings, data=args.data_dir, heartbeat=args.heartbeat)
     print(f"search {args.name!r}: {sum(trained(t) for t in study.trials)} trials trained; `resbudget search report "
           f"{args.name}` shows them")
     return 0
@@ -428,7 +431,7 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
 
     study, _ = open_search(args.name, open_storage(_search_storage(args)), None, create=False)
     confirm_search(study, args.confirm_dir or _search_folder(args) / "confirm", top=args.top, seeds=args.seeds,
-                   with_base=args.with_base, data_dir=args.data_dir)
+                   with_base=args.with_base, data=args.data_dir)
     return 0
 
 
@@ -455,7 +458,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, model=widest_member(config.model, args.budget // args.members))
     out = args.out or Path("runs") / f"ens{args.members}-{config.preset or 'custom'}"
     r = train_ensemble(config, out, members=args.members, budget=args.budget, seeds=args.seeds,
-                       data_dir=args.data_dir, progress=not args.quiet)
+                       data=args.data_dir, progress=not args.quiet)
     print(json.dumps({k: v for k, v in r.items() if k != "pairwise_disagreement"}, indent=2) if args.json else
           f"ensemble of {len(r['members'])} ({r['params']:,} params): mean softmax "
           f"{100 * r['rules']['mean_softmax']:.2f}%, vote {100 * r['rules']['majority_vote']:.2f}%, best member "
@@ -466,7 +469,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> int:
 def cmd_ensemble_eval(args: argparse.Namespace) -> int:
     from .ensemble import evaluate_ensemble
 
-    r = evaluate_ensemble(args.folder, data_dir=args.data_dir, device=args.device, precision=args.precision,
+    r = evaluate_ensemble(args.folder, data=args.data_dir, device=args.device, precision=args.precision,
                           budget=args.budget, allow_over_budget=args.allow_over_budget)
     if args.json:
         print(json.dumps(r, indent=2))

@@ -1,23 +1,9 @@
-"""Renamed and removed names, in one table (as timm keeps its model deprecations): old names keep working, and what
-can no longer be made says so in one line. Nothing here imports the rest of the package, so every layer may read it.
+"""What a run folder written by an older version needs to read (as timm keeps its model deprecations in one table):
+config keys removed, moved or added since, a spec field removed, an ensemble layout no longer trained. What can no
+longer be made says so in one line. Nothing here imports the rest of the package, so every layer may read it.
 """
 
 from __future__ import annotations
-
-# Named recipes (train/bases/) under their old names: the recipe they are now.
-RENAMED_RECIPES = {
-    "best-cpu": "best",  # the most accurate recipe was named per device; it is one recipe on both
-    "best-gpu": "best",
-    "default-before-noise": "no-noise",
-}
-
-# Recipe files moved or removed from the repository: the path's end as it was -> what to load instead (a recipe
-# name, or a path that replaces that end).
-RENAMED_FILES = {
-    "benchmarks/recipes/gpu-95.toml": "best",  # it was the same recipe as best
-    "configs/search/default-noise.toml": "default",  # it resolved exactly to the default recipe
-    "configs/search/default-noise-w384.toml": "configs/default-w384.toml",
-}
 
 # Config keys removed after they were measured as not paying (docs/journal.md, "Tried, not kept"), with the value
 # under which they did nothing: a file that sets one to that value (as every complete config.toml written before the
@@ -27,7 +13,7 @@ REMOVED_KEYS = {"train.tune_allocator": False, "train.compile": False, "data.sma
 
 # The data's location left the config: it belongs to the machine, not the experiment.
 MOVED_KEYS = {"data.data_dir": "data.data_dir is no longer part of a config: where the data is belongs to the "
-                                "machine, not the experiment; pass --data-dir DIR (or data_dir= in Python) or set "
+                                "machine, not the experiment; pass --data-dir DIR (or data= in Python) or set "
                                 "$RESBUDGET_DATA_DIR"}
 
 
@@ -40,15 +26,6 @@ ADDED_KEYS = {"train.temperature": 0.0, "train.temperature_source": ""}
 # Ensemble layouts no longer trained or read: the folder a run of that kind leaves behind.
 REMOVED_ENSEMBLE_MODES = {"together": "an ensemble trained in the removed 'together' mode (one net holding every "
                                       "member)"}
-
-
-def renamed_file(path: str) -> str | None:
-    """What to load instead of the recipe file ``path`` (which does not exist), or None if it was never renamed."""
-    text = path.replace("\\", "/")
-    for old, new in RENAMED_FILES.items():
-        if text == old or text.endswith("/" + old):
-            return text[: len(text) - len(old)] + new if new.endswith(".toml") else new
-    return None
 
 
 def drop_removed_spec_keys(data: dict) -> dict:

@@ -103,9 +103,13 @@ class Split:
 @dataclass
 class CIFAR10:
     train: Split
-    test: Split
+    test: Split | None  # None: held back from a run that may not see it (a search trial)
     source: str  # where it was read from, for the record
     checksums: dict[str, str] = field(default_factory=dict)  # file -> "algorithm:digest", each verified on loading
+
+    def without_test(self) -> CIFAR10:
+        """The same data with its test split held back: what a run that must not see the test set is given."""
+        return dataclasses.replace(self, test=None)
 
 
 def default_data_dir() -> Path:
@@ -308,6 +312,12 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *, manifest: str | o
     test = _load_split(located, fmt.test_files, expected_counts[1], "test")
     checksums = {c.name: f"{c.algorithm}:{c.digest}" for c in (*fmt.train_files, *fmt.test_files)}
     return CIFAR10(train=train, test=test, source=str(located.path), checksums=checksums)
+
+
+def load_dataset(data: CIFAR10 | str | os.PathLike | None = None) -> CIFAR10:
+    """``data`` itself where it is already loaded, else the data set in that folder (None: $RESBUDGET_DATA_DIR, else
+    the cache folder), verified."""
+    return data if isinstance(data, CIFAR10) else load_cifar10(data)
 
 
 def class_counts(labels: torch.Tensor, num_classes: int = len(CLASSES)) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..data import CIFAR10, load_cifar10
+from ..data import CIFAR10, load_dataset
 from ..models import DEFAULT_BUDGET, count_params
 from ..train.config import TrainConfig
 from ..train.evaluate import batched_outputs, select_device
@@ -16,14 +16,14 @@ from .model import load_ensemble
 
 
 @torch.no_grad()
-def evaluate_ensemble(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                      batch_size: int = 1000, precision: str | None = None, data: CIFAR10 | None = None,
+def evaluate_ensemble(folder: str | os.PathLike, *, data: CIFAR10 | str | os.PathLike | None = None,
+                      device: str = "auto", batch_size: int = 1000, precision: str | None = None,
                       budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False) -> dict[str, Any]:
     precision = precision or TrainConfig().precision  # as the members trained and were scored
     ens = load_ensemble(folder, budget=budget, allow_over_budget=allow_over_budget)
     dev = select_device(device)
     ens = ens.to(dev).to(memory_format=torch.channels_last)
-    test = (data if data is not None else load_cifar10(data_dir)).test.to(dev)
+    test = load_dataset(data).test.to(dev)
     chunks = [logits for logits, _ in batched_outputs(ens.member_logits, test, batch_size=batch_size,
                                                        precision=precision)]
     metrics = ensemble_metrics(torch.cat(chunks, 1), test.labels)

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from .._io import write_text
 from ..compat import REMOVED_ENSEMBLE_MODES
-from ..data import CIFAR10, load_cifar10
+from ..data import CIFAR10, load_dataset
 from ..models import DEFAULT_BUDGET, ModelSpec, build_model, count_params
 from ..train import Config, load_model, train_run
 from .evaluate import evaluate_ensemble
@@ -43,8 +43,8 @@ def widest_member(spec: ModelSpec, budget: int) -> ModelSpec:
 
 
 def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, budget: int = DEFAULT_BUDGET,
-                   seeds: list[int] | None = None, data_dir: str | os.PathLike | None = None,
-                   data: CIFAR10 | None = None, progress: bool = True, stream: TextIO | None = None) -> dict[str, Any]:
+                   seeds: list[int] | None = None, data: CIFAR10 | str | os.PathLike | None = None,
+                   progress: bool | TextIO = True) -> dict[str, Any]:
     """Train ``members`` copies of ``config``'s model, each with its own seed (its own initialisation, data order and
     augmentation), one after another into ``out_dir/members/memberN`` (finished members are kept and an interrupted
     one resumed when run again), then save them as one ensemble folder in ``out_dir``."""
@@ -61,25 +61,25 @@ def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, 
     for mode, what in REMOVED_ENSEMBLE_MODES.items():
         if (out / mode).exists():
             raise ValueError(f"{out} holds {what}; choose another --out folder")
-    if data is None:
-        data = load_cifar10(data_dir)
+    data = load_dataset(data)
     start = time.perf_counter()
     share = dataclasses.replace(config, train=dataclasses.replace(config.train, budget=budget // members))
     runs = []
     for i, seed in enumerate(seeds):
         run_dir = out / "members" / f"member{i}"
         member_config = dataclasses.replace(share, train=dataclasses.replace(share.train, seed=seed))
-        if progress:
-            print(f"member {i + 1}/{members} (seed {seed}) -> {run_dir}", file=stream, flush=True)
+        if progress is not False:
+            print(f"member {i + 1}/{members} (seed {seed}) -> {run_dir}", file=None if progress is True else progress,
+                  flush=True)
         resume = (run_dir / "config.toml").is_file()
-        runs.append(train_run(member_config, run_dir, resume=resume, data=data, progress=progress, stream=stream))
+        runs.append(train_run(member_config, run_dir, resume=resume, data=data, progress=progress))
     # the budget was checked before training; the members' files are checked again as they load
     models = [load_model(out / "members" / f"member{i}", allow_over_budget=True)[0] for i in range(members)]
     save_ensemble(out, models, specs, extra={"budget": budget, "seeds": seeds, "member_params": counts,
                                              "mode": "sequential"})
     result = evaluate_ensemble(out, data=data, device=config.train.device, budget=budget)
     summary = {**result, "budget": budget, "seeds": seeds, "mode": "sequential",
-               "member_wall_seconds": [r["wall_seconds"] for r in runs],
+               "member_wall_seconds": [r.wall_seconds for r in runs],
                "wall_seconds": round(time.perf_counter() - start, 2)}
     write_text(out / "ensemble_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -97,10 +97,10 @@ def airres() -> ModelSpec:
 
 @register_preset("airres-wide")
 def airres_wide() -> ModelSpec:
-    """`airres` with airbench95's stage widths 128/384/384: 4,606,530 params, 2.5x the MACs.
+    """`airres` with airbench95's stage widths 128/384/384: 4,606,530 params.
 
-    The GPU model: on one H200 the default recipe trains it in 2.1 s to 94.5% with 6-view TTA
-    (benchmarks/recipes/gpu-94.toml, docs/RESULTS.md). On a CPU every MAC costs time, so `airres` stays the default.
+    The GPU model (benchmarks/recipes/gpu-94.toml; its speed and accuracy are in docs/RESULTS.md). On a CPU every MAC
+    costs time, so `airres` stays the default.
     """
     return dataclasses.replace(airres(), stage_widths=(128, 384, 384))
 
@@ -114,8 +114,7 @@ def airres_wide() -> ModelSpec:
 def narrow() -> ModelSpec:
     """ResNet-18 layout with widths 16/64/128/256 and kuangliu's 64-wide stem: 2,768,490 params.
 
-    The study reports 90.3% for it in its method section and 91.54% in its discussion, where 91.54% is the base of
-    the shortcut-kernel and dense-head experiments.
+    The base of the study's shortcut-kernel and dense-head experiments (its two accuracies for it: docs/STUDY.md).
     """
     return ModelSpec(stem_width=64, stage_widths=(16, 64, 128, 256), stage_blocks=(2, 2, 2, 2),
                      stage_strides=(1, 2, 2, 2))
@@ -123,7 +122,7 @@ def narrow() -> ModelSpec:
 
 @register_preset("narrow-conv3x3")
 def narrow_conv3x3() -> ModelSpec:
-    """`narrow` with 3x3 projection shortcuts instead of 1x1: 3,112,554 params (the study: 91.88% vs 91.54%)."""
+    """`narrow` with 3x3 projection shortcuts instead of 1x1: 3,112,554 params."""
     return dataclasses.replace(narrow(), shortcut="conv3x3")
 
 
@@ -132,8 +131,7 @@ def narrow_identity() -> ModelSpec:
     """`narrow` with parameter-free identity shortcuts (average pool + zero-padded channels): 2,725,610 params.
 
     The one narrowing shortcut (64-wide stem into the 16-wide stage) stays a 1x1 projection. Of the readings we
-    tried, this is the one that reproduces the study's "identity saves 1.57% of the parameters": the 42,880 saved
-    are 1.573% of the 2,725,610 left (on `shallow` the saving is 1.50%; on `narrow` with a 16-wide stem, 1.55%).
+    tried, this is the one whose saving of parameters matches the study's (docs/STUDY.md).
     """
     return dataclasses.replace(narrow(), shortcut="identity")
 
@@ -150,7 +148,7 @@ def narrow_dense() -> ModelSpec:
 
 @register_preset("deeper-const-stride")
 def deeper_const_stride() -> ModelSpec:
-    """`deeper` with stride 2 on every stage: 4,997,386 params; stages 5-8 see 1x1 maps (the study: 91.21%)."""
+    """`deeper` with stride 2 on every stage: 4,997,386 params; stages 5-8 see 1x1 maps."""
     return dataclasses.replace(deeper(), stage_strides=(2,) * 8)
 
 

@@ -34,7 +34,7 @@ def build_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
         for r in rows:
             plot_curves(r, out / "curves" / f"{r.experiment}.png")
             parts.append(f"- {r.experiment}: [curves](curves/{r.experiment}.png)")
-            spec = ModelSpec.from_dict(r.runs[0].summary["config"]["model"])
+            spec = ModelSpec.from_dict(r.runs[0].summary.config["model"])
             key = r.model if r.model != "custom" else r.experiment
             if key not in drawn:
                 drawn.add(key)

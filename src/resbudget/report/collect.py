@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import read_json, read_jsonl
+from ..train.summary import RunSummary
 
 
 class ReportError(ValueError):
@@ -18,13 +19,13 @@ class ReportError(ValueError):
 @dataclass
 class Run:
     path: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     metrics: list[dict[str, Any]]
 
     @property
     def experiment(self) -> str:
-        exp = self.summary["config"].get("experiment", {})
-        return exp.get("name") or self.summary.get("preset") or self.path.name
+        exp = self.summary.config.get("experiment", {})
+        return exp.get("name") or self.summary.preset or self.path.name
 
 
 @dataclass
@@ -67,9 +68,12 @@ def find_runs(roots: list[str | os.PathLike]) -> list[Run]:
             folder = summary_path.parent
             summary = read_json(summary_path, ReportError)
             metrics = read_jsonl(folder / "metrics.jsonl", ReportError)
-            if not isinstance(summary, dict) or "config" not in summary or "test_accuracy" not in summary:
+            if not RunSummary.is_summary(summary):
                 raise ReportError(f"{summary_path}: not a resbudget run summary")
-            runs.append(Run(folder, summary, metrics))
+            try:
+                runs.append(Run(folder, RunSummary.from_dict(summary), metrics))
+            except (TypeError, ValueError) as e:
+                raise ReportError(f"{summary_path}: not a resbudget run summary ({e})") from None
     if not runs:
         raise ReportError(f"no finished runs (summary.json) under {', '.join(map(str, roots))}")
     return runs
@@ -104,16 +108,16 @@ def summarize_runs(runs: list[Run]) -> list[Row]:
     rows = []
     for name, group in groups.items():
         first = group[0].summary
-        config = first["config"]
+        config = first.config
         seen: dict[int, Path] = {}
         for run in group:
-            if run.summary["seed"] in seen:
-                raise ReportError(f"experiment {name!r} has two runs with seed {run.summary['seed']}: "
-                                  f"{seen[run.summary['seed']]} and {run.path}; report one of them")
-            seen[run.summary["seed"]] = run.path
+            if run.summary.seed in seen:
+                raise ReportError(f"experiment {name!r} has two runs with seed {run.summary.seed}: "
+                                  f"{seen[run.summary.seed]} and {run.path}; report one of them")
+            seen[run.summary.seed] = run.path
         for other in group[1:]:
-            if (_recipe(config) != _recipe(other.summary["config"]) or other.summary["epochs"] != first["epochs"]
-                    or _validation_only(other.summary) != _validation_only(first)):
+            if (_recipe(config) != _recipe(other.summary.config) or other.summary.epochs != first.epochs
+                    or other.summary.validation_only != first.validation_only):
                 raise ReportError(f"runs of experiment {name!r} differ in more than the seed: {group[0].path} vs "
                                   f"{other.path}")
         o = config["optim"]
@@ -121,29 +125,16 @@ def summarize_runs(runs: list[Run]) -> list[Row]:
         if o["weight_decay"] == 0:
             optimizer += ", no wd"
         rows.append(Row(
-            experiment=name, model=first.get("preset") or "custom", params=first["params"], macs=first["macs"],
-            epochs=first["epochs"], schedule=describe_schedule(config), optimizer=optimizer,
-            seeds=[r.summary["seed"] for r in group],
-            accuracies=[100 * _accuracy(r.summary) for r in group if not r.summary.get("diverged")],
-            diverged=[r.summary["seed"] for r in group if r.summary.get("diverged")],
-            wall_seconds=statistics.mean(r.summary["wall_seconds"] for r in group),
+            experiment=name, model=first.preset or "custom", params=first.params, macs=first.macs,
+            epochs=first.epochs, schedule=describe_schedule(config), optimizer=optimizer,
+            seeds=[r.summary.seed for r in group],
+            accuracies=[100 * r.summary.finished_accuracy for r in group if r.summary.diverged is None],
+            diverged=[r.summary.seed for r in group if r.summary.diverged is not None],
+            wall_seconds=statistics.mean(r.summary.wall_seconds for r in group),
             paper_accuracy=list(config.get("experiment", {}).get("paper_accuracy", [])),
-            watched_test=any(r.summary.get("plateau_watched_test") for r in group),
+            watched_test=any(r.summary.plateau_watched_test for r in group),
             description=config.get("experiment", {}).get("description", ""), runs=group,
-            validation_only=_validation_only(first),
+            validation_only=first.validation_only,
         ))
     return rows
 
-
-def _validation_only(summary: dict[str, Any]) -> bool:
-    """A search trial's run, scored on its validation split: it never read the test set."""
-    return summary.get("test_set_used", True) is False
-
-
-def _accuracy(summary: dict[str, Any]) -> float:
-    """Final test accuracy; for a run that never read the test set (a search trial), its validation accuracy (with
-    TTA where it had it)."""
-    if summary["test_accuracy"] is not None:
-        return summary["test_accuracy"]
-    tta = summary.get("val_accuracy_tta")
-    return tta if tta is not None else summary["val_accuracy"]

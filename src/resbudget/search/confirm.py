@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .._io import write_text
-from ..data import CIFAR10, load_cifar10
+from ..data import CIFAR10, load_dataset
 from ..train import Config, config_from_dict, train_run
 from .engine import SearchError
 
@@ -46,7 +46,7 @@ def confirm_configs(study: optuna.Study, top: int, with_base: bool = False) -> l
 
 
 def confirm_search(study: optuna.Study, out_dir: str | os.PathLike, *, top: int = 1, seeds: int = 3,
-                   with_base: bool = False, data_dir: str | os.PathLike | None = None, data: CIFAR10 | None = None,
+                   with_base: bool = False, data: CIFAR10 | str | os.PathLike | None = None,
                    stream: TextIO | None = None) -> list[dict[str, Any]]:
     """Train each picked config with seeds 0..seeds-1 into ``out_dir/<label>/seed<N>`` (a finished run is kept, an
     interrupted one resumed) and write ``out_dir/confirm.json``: per-seed and mean ± std test accuracy, with and
@@ -54,7 +54,7 @@ def confirm_search(study: optuna.Study, out_dir: str | os.PathLike, *, top: int 
     if seeds < 1:
         raise SearchError(f"--seeds must be >= 1, got {seeds}")
     picked = confirm_configs(study, top, with_base)
-    data = data if data is not None else load_cifar10(data_dir)
+    data = load_dataset(data)
     out_dir, results = Path(out_dir), []
     for label, config in picked:
         runs = []
@@ -63,14 +63,14 @@ def confirm_search(study: optuna.Study, out_dir: str | os.PathLike, *, top: int 
             seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
             summary = train_run(seeded, run_dir, data=data, resume=(run_dir / "config.toml").is_file(),
                                 progress=False)
-            runs.append({"seed": seed, "test_accuracy": summary["test_accuracy"],
-                         "test_accuracy_tta": summary["test_accuracy_tta"], "wall_seconds": summary["wall_seconds"],
+            runs.append({"seed": seed, "test_accuracy": summary.test_accuracy,
+                         "test_accuracy_tta": summary.test_accuracy_tta, "wall_seconds": summary.wall_seconds,
                          "run_dir": str(run_dir)})
-            tta = summary["test_accuracy_tta"]
-            print(f"{label} seed {seed}: test {100 * summary['test_accuracy']:.2f}%"
+            tta = summary.test_accuracy_tta
+            print(f"{label} seed {seed}: test {100 * summary.test_accuracy:.2f}%"
                   + (f" ({100 * tta:.2f}% TTA)" if tta is not None else "")
-                  + f"  {summary['wall_seconds']:.0f} s", file=stream, flush=True)
-        results.append({"label": label, "params": summary["params"], "runs": runs, **_stats(runs)})
+                  + f"  {summary.wall_seconds:.0f} s", file=stream, flush=True)
+        results.append({"label": label, "params": summary.params, "runs": runs, **_stats(runs)})
         print(format_result(results[-1]), file=stream, flush=True)
     write_text(out_dir / "confirm.json", json.dumps(results, indent=2) + "\n")
     return results

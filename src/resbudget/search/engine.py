@@ -38,11 +38,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from .._defaults import HEARTBEAT_SECONDS
-from ..data import CIFAR10, load_cifar10
+from ..data import CIFAR10, load_dataset
 from ..models import DEFAULT_BUDGET
 from ..models.budget import MAX_PARAMS
 from ..train import Config, ConfigError, DivergedError, config_to_dict, train_run
 from ..train.config import LIMITS, MAX_SEED
+from ..train.deadline import TimeLimit
 from .space import Rejected, Space, check_trial, fill_budget, load_space, trial_config
 
 PRUNE_FIRST_AT = 25  # % of a trial's epochs: successive halving's first rung, then 50%, then 100%
@@ -73,7 +74,7 @@ class SearchSettings:
             raise SearchError(f"the MACs budget must be positive, got {self.macs_budget}")
         if self.trial_seconds is not None and not (self.trial_seconds > 0 and math.isfinite(self.trial_seconds)):
             raise SearchError(f"the time per trial must be a positive number of seconds, got {self.trial_seconds}")
-        low, high = LIMITS["data.val_size"]
+        high = LIMITS["data.val_size"].high
         if not 100 <= self.val_size <= high:
             raise SearchError(f"a search needs a validation split of 100 to {high:,} images, got {self.val_size}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -296,8 +297,9 @@ class Objective:
                 raise optuna.TrialPruned()
 
         try:
-            summary = train_run(config, run_dir, data=self.data, progress=False, on_epoch_end=on_epoch_end,
-                                use_test=False, time_limit=s.trial_seconds, started=start)
+            limit = TimeLimit(s.trial_seconds, start) if s.trial_seconds is not None else None
+            summary = train_run(config, run_dir, data=self.data.without_test(), progress=False,
+                                on_epoch_end=on_epoch_end, time_limit=limit)
         except DivergedError as e:  # a result of the drawn recipe, and as bad as results go
             trial.set_user_attr("stopped", f"diverged: {e}")
             raise optuna.TrialPruned(str(e)) from None
@@ -310,18 +312,17 @@ class Objective:
         except Exception as e:  # recorded, then optuna fails the trial (or the search, if not caught)
             trial.set_user_attr("error", " ".join(f"{type(e).__name__}: {e}".split()))
             raise
-        value = summary["val_accuracy_tta"] if summary.get("val_accuracy_tta") is not None else summary["val_accuracy"]
-        trial.set_user_attr("seconds", summary["wall_seconds"])
-        trial.set_user_attr("val_accuracy", summary["val_accuracy"])
-        if summary["calibration"] is not None:  # fitted on the trial's validation split: its confirm runs use it
-            trial.set_user_attr("temperature", summary["calibration"]["temperature"])
-        if summary["stopped"]:
-            trial.set_user_attr("stopped", f"over time: {summary['stopped']}")
+        trial.set_user_attr("seconds", summary.wall_seconds)
+        trial.set_user_attr("val_accuracy", summary.val_accuracy)
+        if summary.temperature is not None:  # fitted on the trial's validation split: its confirm runs use it
+            trial.set_user_attr("temperature", summary.temperature)
+        if summary.stopped:
+            trial.set_user_attr("stopped", f"over time: {summary.stopped}")
             raise optuna.TrialPruned()
-        if s.trial_seconds is not None and summary["wall_seconds"] > s.trial_seconds:
-            trial.set_user_attr("stopped", f"over time: {summary['wall_seconds']:.0f} s")
+        if s.trial_seconds is not None and summary.wall_seconds > s.trial_seconds:
+            trial.set_user_attr("stopped", f"over time: {summary.wall_seconds:.0f} s")
             raise optuna.TrialPruned()
-        return value
+        return summary.finished_accuracy
 
 
 def trained_images(config: Config, available: int) -> int:
@@ -369,9 +370,8 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: str | None = None,
-               settings: SearchSettings | None = None, data_dir: str | os.PathLike | None = None,
-               data: CIFAR10 | None = None, heartbeat: float = HEARTBEAT_SECONDS,
-               stream: TextIO | None = None) -> optuna.Study:
+               settings: SearchSettings | None = None, data: CIFAR10 | str | os.PathLike | None = None,
+               heartbeat: float = HEARTBEAT_SECONDS, stream: TextIO | None = None) -> optuna.Study:
     """Work on the search ``name`` until it holds ``trials`` trained trials (all workers together), then return.
 
     ``settings`` create the search (or must equal the stored ones); ``storage`` is an SQLAlchemy URL, by default an
@@ -394,7 +394,7 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
         + (f", {requeued} interrupted trial(s) queued again" if requeued else ""))
     if done >= trials:
         return study
-    data = data if data is not None else load_cifar10(data_dir)
+    data = load_dataset(data)
     rejected_in_a_row = 0
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:

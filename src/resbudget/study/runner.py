@@ -6,13 +6,14 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._defaults import HEARTBEAT_SECONDS
+from .._defaults import SharedStorage
 from .._io import write_text
-from ..data import CIFAR10, load_cifar10
-from ..train import Config, ConfigError, DivergedError, load_config, scale_epochs, train_run
+from ..data import CIFAR10, load_dataset
+from ..train import Config, ConfigError, DivergedError, RunSummary, load_config, scale_epochs, train_run
 
 # A source checkout keeps its studies in <repo>/experiments/<name>/; the current folder's experiments/ comes first.
 _REPO_EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
@@ -64,72 +65,88 @@ def study_configs(study: str | os.PathLike, *, only: list[str] | tuple[str, ...]
     return runs
 
 
-def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (),
-              epochs: int | None = None, seeds: int = 1, data_dir: str | os.PathLike | None = None,
-              data: CIFAR10 | None = None, storage: str | None = None, heartbeat: float = HEARTBEAT_SECONDS,
-              progress: bool = True, stream: TextIO | None = None) -> list[dict[str, Any]]:
-    """Train every run into ``out_dir/<experiment>/seed<N>``. A finished run is skipped, an interrupted one resumed;
-    a folder holding a run of another config is an error (choose another --out).
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+    """One finished (or diverged) run of a study: its experiment, seed, folder and summary."""
 
-    ``storage`` (an SQLAlchemy URL): the runs are shared by every process started with the same study, options and
-    storage, on this machine or others (resbudget.search.queue); each writes the runs it does to its own ``out_dir``,
-    and ``study.json`` lists every finished run of all of them."""
+    experiment: str
+    seed: int
+    run_dir: str
+    summary: RunSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"experiment": self.experiment, "seed": self.seed, "run_dir": self.run_dir, **self.summary.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyRun:
+        return cls(data["experiment"], data["seed"], data["run_dir"], RunSummary.from_dict(data))
+
+
+def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (),
+              epochs: int | None = None, seeds: int = 1, data: CIFAR10 | str | os.PathLike | None = None,
+              storage: SharedStorage | None = None, progress: bool | TextIO = True) -> list[StudyRun]:
+    """Train every run into ``out_dir/<experiment>/seed<N>``. A finished run is skipped, an interrupted one resumed;
+    a folder holding a run of another config is an error (choose another --out). ``data``: loaded once for the whole
+    study (or given loaded); ``progress`` as :func:`train_run`'s, with a line per run.
+
+    ``storage``: the runs are shared by every process started with the same study, options and storage, on this
+    machine or others (resbudget.search.queue); each writes the runs it does to its own ``out_dir``, and
+    ``study.json`` lists every finished run of all of them."""
     runs = study_configs(study, only=only, epochs=epochs, seeds=seeds)
     out_dir = Path(out_dir)
-    if storage is not None:
-        return _run_shared(study, runs, out_dir, storage, heartbeat, data_dir, data, progress, stream)
-    summaries = []
-    for i, (name, seed, config) in enumerate(runs, 1):
+    loaded: list[CIFAR10] = []
+
+    def train(name: str, seed: int, config: Config, header: str) -> StudyRun:
         run_dir = out_dir / name / f"seed{seed}"
-        if progress:
-            print(f"[{i}/{len(runs)}] {name} seed {seed} -> {run_dir}", file=stream, flush=True)
-        if data is None:  # loaded and verified once for the whole study
-            data = load_cifar10(data_dir)
-        summary = _train(config, run_dir, data, progress, stream)
-        summaries.append({"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary})
-    return _write_study_json(out_dir, summaries)
+        if progress is not False:
+            print(f"{header}{name} seed {seed} -> {run_dir}", file=_stream(progress), flush=True)
+        if not loaded:  # loaded and verified once for the whole study, when the first run needs it
+            loaded.append(load_dataset(data))
+        return StudyRun(name, seed, str(run_dir), _train(config, run_dir, loaded[0], progress))
+
+    if storage is not None:
+        return _run_shared(study, runs, out_dir, storage, train, progress)
+    return _write_study_json(out_dir, [train(name, seed, config, f"[{i}/{len(runs)}] ")
+                                       for i, (name, seed, config) in enumerate(runs, 1)])
 
 
-def _train(config: Config, run_dir: Path, data: CIFAR10, progress: bool, stream: TextIO | None) -> dict[str, Any]:
+def _stream(progress: bool | TextIO) -> TextIO | None:
+    return None if isinstance(progress, bool) else progress
+
+
+def _train(config: Config, run_dir: Path, data: CIFAR10, progress: bool | TextIO) -> RunSummary:
     """One run of the study, started, resumed (a finished one returns at once) or found diverged: a diverged run is
     a result (its summary says where), said in one line, and the study goes on."""
     started = (run_dir / "config.toml").is_file()
     try:
-        return train_run(config, run_dir, resume=started, data=data, progress=progress, stream=stream)
+        return train_run(config, run_dir, resume=started, data=data, progress=progress)
     except DivergedError as e:
-        print(f"warning: {run_dir}: {e}", file=stream or sys.stderr, flush=True)
+        print(f"warning: {run_dir}: {e}", file=_stream(progress) or sys.stderr, flush=True)
         return e.summary
 
 
-def _write_study_json(out_dir: Path, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _write_study_json(out_dir: Path, runs: list[StudyRun]) -> list[StudyRun]:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "study.json", json.dumps(
-        [{k: v for k, v in s.items() if k != "config"} for s in summaries], indent=2) + "\n")
-    return summaries
+        [{k: v for k, v in r.to_dict().items() if k != "config"} for r in runs], indent=2) + "\n")
+    return runs
 
 
-def _run_shared(study: str | os.PathLike, runs: list[tuple[str, int, Config]], out_dir: Path, storage: str,
-                heartbeat: float, data_dir: str | os.PathLike | None, data: CIFAR10 | None, progress: bool,
-                stream: TextIO | None) -> list[dict[str, Any]]:
+def _run_shared(study: str | os.PathLike, runs: list[tuple[str, int, Config]], out_dir: Path,
+                storage: SharedStorage, train: Callable[[str, int, Config, str], StudyRun],
+                progress: bool | TextIO) -> list[StudyRun]:
     from ..search.queue import run_queue  # optuna: only for a shared study
 
     by_job = {(name, seed): config for name, seed, config in runs}
     epochs = {config.train.epochs for _, _, config in runs}
     queue = f"study-{Path(study).name}-e{'-'.join(map(str, sorted(epochs)))}"
-    loaded: list[CIFAR10] = [data] if data is not None else []
 
     def work(job: dict[str, Any]) -> dict[str, Any]:
         name, seed = job["experiment"], job["seed"]
-        run_dir = out_dir / name / f"seed{seed}"
-        if progress:
-            print(f"{name} seed {seed} -> {run_dir}", file=stream, flush=True)
-        if not loaded:
-            loaded.append(load_cifar10(data_dir))
-        summary = _train(by_job[(name, seed)], run_dir, loaded[0], progress, stream)
-        return {"experiment": name, "seed": seed, "run_dir": str(run_dir), **summary}
+        return train(name, seed, by_job[(name, seed)], "").to_dict()
 
     jobs = [{"experiment": name, "seed": seed} for name, seed, _ in runs]
-    results = run_queue(queue, storage, jobs, work, heartbeat=heartbeat,
-                        say=lambda text: print(text, file=stream, flush=True))
-    return _write_study_json(out_dir, [results[k] for k in (json.dumps(j, sort_keys=True) for j in jobs)
-                                       if k in results])
+    results = run_queue(queue, storage.url, jobs, work, heartbeat=storage.heartbeat,
+                        say=lambda text: print(text, file=_stream(progress), flush=True))
+    return _write_study_json(out_dir, [StudyRun.from_dict(results[k]) for k in
+                                       (json.dumps(j, sort_keys=True) for j in jobs) if k in results])

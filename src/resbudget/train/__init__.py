@@ -5,7 +5,6 @@ from .checkpoint import (
     save_state,
     save_weights,
     temperature_of,
-    weights_path,
 )
 from .config import (
     Config,
@@ -29,12 +28,12 @@ from .optim import make_optimizer
 from .provenance import host_cpu
 from .run import train_run
 from .schedules import Schedule
+from .summary import Divergence, RunSummary, read_summary, weights_path
 from .temperature import calibrate_run
 
-__all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "DivergedError", "ExperimentConfig", "OptimConfig",
-           "RunFolderError", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError", "TrainingState", "autocast",
-           "batched_outputs", "calibrate_run", "config_from_dict", "config_to_dict", "config_to_toml",
-           "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config", "load_model",
-           "load_state",
-           "make_optimizer", "save_state", "save_weights", "scale_epochs", "select_device",
-           "temperature_of", "train_run", "tta_mode", "weights_path"]
+__all__ = ["CheckpointError", "Config", "ConfigError", "DataConfig", "DivergedError", "Divergence", "ExperimentConfig",
+           "OptimConfig", "RunFolderError", "RunSummary", "Schedule", "ScheduleConfig", "TrainConfig", "TrainingError",
+           "TrainingState", "autocast", "batched_outputs", "calibrate_run", "config_from_dict", "config_to_dict",
+           "config_to_toml", "default_config", "evaluate", "evaluate_checkpoint", "fit", "host_cpu", "load_config",
+           "load_model", "load_state", "make_optimizer", "read_summary", "save_state", "save_weights", "scale_epochs",
+           "select_device", "temperature_of", "train_run", "tta_mode", "weights_path"]

@@ -17,16 +17,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .._io import MAX_BYTES, atomic_path, parse_json, read_json, regular_file
+from .._io import MAX_BYTES, atomic_path, parse_json, regular_file
 from ..models import DEFAULT_BUDGET, ModelSpec, ResNet, SpecError, build_model, check_spec
 from .calibration import TEMPERATURE_RANGE, temperature_in_range
+from .errors import CheckpointError
+from .summary import weights_path
 
 FORMAT = "resbudget-weights-v1"
 _PREFIXES = ("_orig_mod.", "module.")
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -137,40 +135,6 @@ def model_from_weights(spec: ModelSpec, tensors: dict[str, torch.Tensor], path: 
     model = build_model(spec)
     model.load_state_dict(tensors)
     return model.eval()
-
-
-def read_summary(path: str | os.PathLike) -> dict[str, Any]:
-    """A run's summary.json, which must be a JSON object."""
-    summary = read_json(path, CheckpointError)
-    if not isinstance(summary, dict):
-        raise CheckpointError(f"{path}: not a resbudget run summary (a JSON object)")
-    return summary
-
-
-def weights_path(source: str | os.PathLike, allow_unfinished: bool = False) -> Path:
-    """The weights file of a checkpoint, or of a run folder (its model.safetensors). A run folder must be finished
-    (its summary.json written, as the run's last act): an unfinished one's weights are those of an epoch before the
-    end, used only with ``allow_unfinished``."""
-    source = Path(source)
-    if not source.is_dir():
-        return source
-    weights, summary = source / "model.safetensors", source / "summary.json"
-    if summary.exists():
-        diverged = read_summary(summary).get("diverged")
-        if diverged and not allow_unfinished:
-            where = (f" (epoch {diverged.get('epoch')}, step {diverged.get('step')})" if isinstance(diverged, dict)
-                     else "")
-            offer = ("; pass --allow-unfinished to use the weights of its last finite epoch" if weights.exists() else
-                     ", nor an epoch that ended before it did")
-            raise CheckpointError(f"{source}: the run diverged{where}: there is no trained net{offer}")
-    elif not allow_unfinished:
-        how = (f"resume it (resbudget train --resume --out {source})" if (source / "state.safetensors").exists()
-               else "it has no training state either")
-        raise CheckpointError(f"{source}: the run has not finished (no summary.json); {how}, or pass "
-                              "--allow-unfinished to use the weights of its last finished epoch")
-    if not weights.exists() and allow_unfinished:
-        raise CheckpointError(f"{source}: the run has no weights yet (it ended before its first epoch did)")
-    return weights
 
 
 def load_model(path: str | os.PathLike, *, budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False,

@@ -23,8 +23,8 @@ import tomli_w
 
 from .._io import MAX_DEPTH, check_depth, read_toml
 from .._types import coerce, key_text
-from ..compat import ADDED_KEYS, MOVED_KEYS, REMOVED_KEYS, RENAMED_RECIPES, renamed_file
-from ..models import ModelSpec, SpecError, get_preset
+from ..compat import ADDED_KEYS, MOVED_KEYS, REMOVED_KEYS
+from ..models import ModelSpec, SpecError, get_preset, list_presets
 from ..models.budget import DEFAULT_BUDGET, MAX_PARAMS
 from .calibration import TEMPERATURE_RANGE, temperature_in_range
 
@@ -43,34 +43,78 @@ class ConfigError(ValueError):
 
 MAX_SEED = 2**32 - 1  # seeds are 32-bit everywhere they are used (torch, numpy, optuna's samplers)
 MAX_EPOCHS = 10_000
-# The inclusive range of each number a config may hold: below the low end it means nothing, above the high end it is
-# a typo that would run for years or exhaust the memory. Checked when a config is built and when a search space loads.
-LIMITS: dict[str, tuple[float, float]] = {
-    "train.epochs": (1, MAX_EPOCHS),
-    "train.batch_size": (1, 65_536),
-    "train.eval_batch_size": (1, 65_536),
-    "train.budget": (1, MAX_PARAMS),
-    "train.seed": (0, MAX_SEED),
-    "train.stem_bias_epochs": (0, MAX_EPOCHS),
-    "data.val_size": (0, 49_000),
-    "data.val_seed": (0, MAX_SEED),
-    "data.crop_padding": (0, 16),  # pixels on each side of a 32-pixel image
-    "data.cutout": (0, 32),  # the side of the square cut out
-    "data.rotate_degrees": (0, 180),
-    "data.train_limit": (0, 10_000_000),
-    "data.test_limit": (0, 10_000_000),
-    "schedule.patience": (0, MAX_EPOCHS),
-    "schedule.t_max": (0, MAX_EPOCHS),
-    "schedule.warmup_epochs": (0, MAX_EPOCHS),
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a config key may hold: ``low`` to ``high``, each end included unless open. Below the low end a
+    number means nothing; above the high end it is a typo that would run for years or exhaust the memory."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    means: str = ""  # what the number is, where the range alone does not say
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below  # False for NaN
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            text = "a positive number" if self.open_low and self.low == 0 else f">= {self.low:,}"
+        elif not (self.open_low or self.open_high):
+            text = f"between {self.low:,} and {self.high:,}"
+        else:
+            text = f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        return f"{self.means} {text}" if self.means else text
+
+
+_FRACTION = Range(0, 1, open_high=True)
+# The range of every number a config holds, checked when a config is built and when a search space loads.
+LIMITS: dict[str, Range] = {
+    "train.epochs": Range(1, MAX_EPOCHS),
+    "train.batch_size": Range(1, 65_536),
+    "train.eval_batch_size": Range(1, 65_536),
+    "train.budget": Range(1, MAX_PARAMS),
+    "train.seed": Range(0, MAX_SEED),
+    "train.stem_bias_epochs": Range(0, MAX_EPOCHS),
+    "train.whiten_eps": Range(0, open_low=True),
+    "train.drop_easy": Range(0, 1, open_high=True, means="a fraction"),
+    "train.ema": Range(0, 1, open_high=True, means="a decay per step (0 = no average)"),
+    "train.label_smoothing": _FRACTION,
+    "data.val_size": Range(0, 49_000),
+    "data.val_seed": Range(0, MAX_SEED),
+    "data.crop_padding": Range(0, 16),  # pixels on each side of a 32-pixel image
+    "data.cutout": Range(0, 32),  # the side of the square cut out
+    "data.rotate_degrees": Range(0, 180),
+    "data.noise": Range(0, 1, means="a sigma on the 0-1 pixel scale"),
+    "data.train_limit": Range(0, 10_000_000),
+    "data.test_limit": Range(0, 10_000_000),
+    "optim.lr": Range(0, open_low=True),
+    "optim.momentum": _FRACTION,
+    "optim.aux_momentum": _FRACTION,
+    "optim.weight_decay": Range(0),
+    "schedule.patience": Range(0, MAX_EPOCHS),
+    "schedule.t_max": Range(0, MAX_EPOCHS),
+    "schedule.warmup_epochs": Range(0, MAX_EPOCHS),
+    "schedule.factor": Range(0, 1, open_low=True, open_high=True),
 }
+
+
+# Read only with optim.name = "muon": the lrs of the tensors Muon trains with SGD (other recipes may leave them 0).
+MUON_LIMITS: dict[str, Range] = {"optim.bias_lr": Range(0, open_low=True), "optim.head_lr": Range(0, open_low=True)}
 
 
 def check_limit(key: str, value: float, error: type[Exception] = ConfigError, where: str = "") -> None:
     """``error`` naming ``key`` if ``value`` is outside its :data:`LIMITS` (a key without limits passes)."""
-    if key in LIMITS:
-        low, high = LIMITS[key]
-        if not low <= value <= high:
-            raise error(f"{where}{key} must be between {low:,} and {high:,}, got {value:,}")
+    if key in LIMITS and not LIMITS[key].holds(value):
+        raise error(f"{where}{key} must be {LIMITS[key].describe()}, got {_shown(value)}")
+
+
+def _shown(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value}"
 
 
 @dataclass(frozen=True)
@@ -163,19 +207,18 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The default recipe: the ``airres`` net with airbench94's Muon recipe, cut to fit about 10 minutes on a 2-core
-    CPU and made robust to faint pixel noise (docs/RESULTS.md has what it reaches and how fast).
+    """The default recipe: the ``airres`` net with airbench94's Muon recipe, cut to fit a few minutes of a 2-core CPU
+    and made robust to faint pixel noise (docs/RESULTS.md has what it reaches and how fast).
 
     Muon on the convolution filters, Nesterov SGD on biases and the classifier, lr decaying linearly to zero from the
-    first step; a frozen 2x2 patch-whitening stem whose bias trains for the first 2 epochs; dirac-initialised
-    convolutions; BatchNorm scales frozen at 1; label smoothing 0.2; 2-pixel translations and alternating flips.
-    Pixel noise of a sigma drawn up to 0.02 on the training images and a whitening floor of 0.01 (not airbench's
-    5e-4): without them, noise of sigma 0.04 takes the net from 93% to under 40% (the recipe ``no-noise``). 8 epochs,
-    of which only the first sees every image: from the second on, the half with the lowest loss when last seen is
-    skipped (``drop_easy``), so the run costs 4.5 full epochs; measured here, this beats 5 epochs of every image.
-    The final test accuracy is reported with and without TTA over 4 views (the image, its mirror, the mirror shifted
-    up-left, the image shifted down-right; its cost counts in the wall time): on the same 3 nets it matched 6-view
-    TTA's accuracy for 2 views' fewer passes (~16 s here), and beat 2-view flip TTA by ~0.2 points.
+    first step; a frozen 2x2 patch-whitening stem whose bias trains for the first epochs; dirac-initialised
+    convolutions; BatchNorm scales frozen at 1; label smoothing; small translations and alternating flips. Pixel
+    noise on the training images and a whitening floor well above airbench's: without them, faint noise at test time
+    costs most of the accuracy (the recipe ``no-noise``). Only the first epoch sees every image: from the second on,
+    the half with the lowest loss when last seen is skipped (``drop_easy``), which beat fewer epochs of every image
+    at the same cost. The final test accuracy is reported with and without TTA over 4 views (the image, its mirror,
+    the mirror shifted up-left, the image shifted down-right; its cost counts in the wall time), which matched 6-view
+    TTA for fewer passes and beat 2-view flip TTA (docs/journal.md).
     """
 
     model: ModelSpec = field(default_factory=lambda: get_preset("airres"))
@@ -206,45 +249,23 @@ class Config:
                 "schedule 'plateau' watches validation accuracy but data.val_size is 0: set data.val_size "
                 "(e.g. 5000), or schedule.monitor='test' to reproduce the study, which watched the test set"
             )
-        d = self.data
-        for key in LIMITS:
+        for key, limit in (LIMITS | (MUON_LIMITS if self.optim.name == "muon" else {})).items():
             section, _, name = key.partition(".")
-            check_limit(key, getattr(getattr(self, section), name))
+            value = getattr(getattr(self, section), name)
+            if not limit.holds(value):
+                raise ConfigError(f"{key} must be {limit.describe()}, got {_shown(value)}")
         if any(not 0 <= m <= MAX_EPOCHS for m in s.milestones):
             raise ConfigError(f"schedule.milestones must be epochs between 0 and {MAX_EPOCHS:,}, got "
                               f"{list(s.milestones)}")
-        if not 0.0 <= d.noise <= 1.0:
-            raise ConfigError(f"data.noise must be a sigma between 0 and 1 (on the 0-1 pixel scale), got {d.noise}")
-        if not t.whiten_eps > 0:
-            raise ConfigError(f"train.whiten_eps must be a positive number, got {t.whiten_eps}")
-        if not 0.0 <= t.drop_easy < 1.0:
-            raise ConfigError(f"train.drop_easy must be a fraction in [0, 1), got {t.drop_easy}")
-        if not 0.0 <= t.ema < 1.0:
-            raise ConfigError(f"train.ema must be a decay per step in [0, 1) (0 = no average), got {t.ema}")
         if t.temperature != 0 and not temperature_in_range(t.temperature):
             raise ConfigError("train.temperature must be 0 (none) or between {:g} and {:g}, got {}".format(
                 *TEMPERATURE_RANGE, t.temperature))
-        if not 0.0 <= t.label_smoothing < 1.0:
-            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-        if self.optim.lr <= 0 or not math.isfinite(self.optim.lr):
-            raise ConfigError(f"optim.lr must be a positive number, got {self.optim.lr}")
-        if not 0.0 < s.factor < 1.0:
-            raise ConfigError(f"schedule.factor must be in (0, 1), got {s.factor}")
         if s.name == "warmup" and s.warmup_epochs >= t.epochs:
             raise ConfigError(f"schedule.warmup_epochs ({s.warmup_epochs}) must be below train.epochs ({t.epochs})")
         if list(s.milestones) != sorted(s.milestones):
             raise ConfigError(f"schedule.milestones must be increasing, got {list(s.milestones)}")
         if t.stem_bias_epochs and self.model.stem_norm:
             raise ConfigError("train.stem_bias_epochs needs a stem with a bias: set model.stem_norm = false")
-        if self.optim.name == "muon":
-            for name in ("bias_lr", "head_lr"):
-                value = getattr(self.optim, name)
-                if not (value > 0 and math.isfinite(value)):
-                    raise ConfigError(f"optim.{name} must be a positive number with optim.name = 'muon', got {value}")
-        if not 0.0 <= self.optim.momentum < 1.0 or not 0.0 <= self.optim.aux_momentum < 1.0:
-            raise ConfigError("optim.momentum and optim.aux_momentum must be in [0, 1)")
-        if self.optim.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.optim.weight_decay}")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas needs two numbers, got {list(self.optim.betas)}")
 
@@ -317,10 +338,8 @@ def _base_path(base: str, where: Path | None) -> Path:
     if base.endswith(".toml") or "/" in base or "\\" in base:
         path = Path(base).expanduser()
         path = path if path.is_absolute() or where is None else where.parent / path
-        if not path.exists() and (new := renamed_file(str(path))) is not None:
-            return _base_path(new, None) if not new.endswith(".toml") else _resolved(Path(new))
         return _resolved(path)
-    path = BASES_DIR / f"{RENAMED_RECIPES.get(base, base)}.toml"
+    path = BASES_DIR / f"{base}.toml"
     if path == DEFAULTS:
         return path
     if not path.is_file():
@@ -418,12 +437,8 @@ def overrides_layer(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def load_config(source: str | Path | dict[str, Any] | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """None or ``"default"``: the default recipe; a TOML file (over its base); a named recipe (``study``, ``best``,
-    ``no-noise``: :func:`named_recipes`, or an old name of one, compat.py); a preset name: that net under the
+    ``no-noise``: :func:`named_recipes`); a preset name: that net under the
     ``study`` recipe; a dict: a file's tables. Then the ``--set`` overrides."""
-    if isinstance(source, (str, Path)) and not Path(source).exists() and (new := renamed_file(str(source))):
-        source = new  # a recipe file that was moved or removed: what it is now
-    if isinstance(source, str):
-        source = RENAMED_RECIPES.get(source, source)
     if source is None or isinstance(source, dict) or source == "default":
         resolved = _resolve(source if isinstance(source, dict) else {}, None)
     elif Path(source).suffix == ".toml" or Path(source).is_file():
@@ -431,9 +446,11 @@ def load_config(source: str | Path | dict[str, Any] | None = None,
         resolved = _resolve(read_toml(path, ConfigError), _resolved(path), (_resolved(path),))
     elif (BASES_DIR / f"{source}.toml").is_file():
         resolved = _resolve({"base": str(source)}, None)
-    else:
-        get_preset(str(source))  # an unknown name fails here, listing the presets
+    elif str(source) in list_presets():
         resolved = _resolve({"base": "study", "preset": str(source)}, None)
+    else:
+        raise ConfigError(f"unknown recipe or preset {str(source)!r}: recipes are {', '.join(named_recipes())}; "
+                          f"presets are {', '.join(list_presets())}; or give a .toml file")
     return _build_config(_merge(resolved, overrides_layer(overrides), "--set"))
 
 

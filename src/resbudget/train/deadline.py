@@ -7,8 +7,11 @@ maps take) far more than on how fast it trained; so it is measured, not derived 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +28,21 @@ STEP_PER_VIEW = 3.0  # a training step costs about a forward and a backward pass
 
 class TimeLimitError(ConfigError):
     pass
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """The seconds a whole run may take, counted from ``started`` (a ``time.perf_counter()`` value; by default, when
+    the limit is made) and over all processes of a resumed run, and ``plan``: how the recipe was chosen for it
+    (train/timed.py), which the summary records."""
+
+    seconds: float
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    plan: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.seconds > 0 and math.isfinite(self.seconds)):
+            raise ConfigError(f"the time limit must be a positive number of seconds, got {self.seconds}")
 
 
 @dataclass(frozen=True)

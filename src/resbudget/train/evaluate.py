@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import read_toml
-from ..data import CIFAR10, CLASSES, Split, load_cifar10, normalize
+from ..data import CIFAR10, CLASSES, Split, load_dataset, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
 from .calibration import accuracy_at_coverage, before_and_after, calibration_metrics, reliability
-from .checkpoint import load_model, read_summary, temperature_of, weights_path
+from .checkpoint import load_model, temperature_of
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
+from .summary import read_summary, weights_path
 from .tta import mode_of_views, tta_view_logits
 
 
@@ -131,27 +133,36 @@ def class_report(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str,
     return {"per_class": per_class, "confusion": confusion.tolist()}
 
 
-def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                        precision: str | None = None, data: CIFAR10 | None = None,
-                        model: nn.Module | None = None, budget: int = DEFAULT_BUDGET,
-                        allow_over_budget: bool = False, allow_unfinished: bool = False, corruptions: int = 0,
-                        seed: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CorruptionTest:
+    """The corruption table's images (the first ``images`` test images) and the seed of its noise."""
+
+    images: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.images < 1:
+            raise ValueError(f"--images must be a positive number of test images, got {self.images}")
+
+
+def evaluate_checkpoint(path: str | os.PathLike, *, data: CIFAR10 | str | os.PathLike | None = None,
+                        device: str = "auto", precision: str | None = None, model: nn.Module | None = None,
+                        budget: int | None = DEFAULT_BUDGET, allow_unfinished: bool = False,
+                        corruptions: CorruptionTest | None = None) -> dict[str, Any]:
     """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
     already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities). A checkpoint over
-    ``budget`` parameters is refused unless ``allow_over_budget``. ``corruptions`` = N > 0 adds the corruption
-    table of :func:`evaluate_corruptions` on the first N test images, seeded by ``seed``. The net is scored as its
+    ``budget`` parameters is refused (None: any size is read). ``corruptions`` adds the table of
+    :func:`evaluate_corruptions` on the first test images. The net is scored as its
     run scored it (:func:`eval_options` of its config: batch, layout, TTA views and, unless ``precision`` is given,
     precision), so a finished run's numbers are reproduced: ``test_accuracy`` and ``test_loss`` of the image alone,
     ``test_accuracy_tta`` over the views. ``calibration`` judges the probabilities ``predict`` gives (the mean logits
     over the views, divided by the temperature): NLL and 15-bin ECE with and without the temperature, the accuracy
     at coverage and the reliability diagram's bins. ``per_class`` and ``confusion`` (:func:`class_report`) are of the
     image alone, as ``test_accuracy`` is."""
-    if corruptions < 0:
-        raise ValueError(f"--images must be a positive number of test images, got {corruptions}")
     is_ensemble_model = model is not None
     if model is None:
         path = weights_path(path, allow_unfinished)
-        model, _ = load_model(path, budget=budget, allow_over_budget=allow_over_budget)
+        model, _ = load_model(path, budget=budget or DEFAULT_BUDGET, allow_over_budget=budget is None)
     dev = select_device(device)
     run = run_train_config(path)
     opts = eval_options(run) | ({"precision": precision} if precision is not None else {})
@@ -159,13 +170,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
     model = model.to(dev)
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    data = data if data is not None else load_cifar10(data_dir)
+    temperature = 1.0 if is_ensemble_model else temperature_of(path)  # checked before the data loads
+    data = load_dataset(data)
     test = data.test.to(dev)
     # one pass over the test set gives everything: an ensemble's outputs are log-probabilities, whose softmax is
     # its probabilities, so the same metrics hold for it (it has no temperature of its own)
     views = view_logits(model, test, tta=tta, **opts)
     logits = views.mean(0)  # what predict scores
-    temperature = 1.0 if is_ensemble_model else temperature_of(path)
     alone = calibration_metrics(views[0], test.labels)
     tta_accuracy = float((logits.argmax(1) == test.labels).double().mean())
     result = {"checkpoint": str(path), "test_accuracy": alone["accuracy"], "test_loss": alone["nll"],
@@ -177,11 +188,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_dir: str | os.PathLike 
                               "accuracy_at_coverage": accuracy_at_coverage(logits, test.labels),
                               "reliability": reliability(logits, test.labels, temperature)}}
     result |= class_report(views[0], test.labels)
-    if corruptions:
-        test = data.test.subset(slice(0, corruptions)).to(dev)
-        result["robustness"] = evaluate_corruptions(model, test, seed=seed, **opts)
+    if corruptions is not None:
+        test = data.test.subset(slice(0, corruptions.images)).to(dev)
+        result["robustness"] = evaluate_corruptions(model, test, seed=corruptions.seed, **opts)
     summary_path = Path(path) / "summary.json" if Path(path).is_dir() else Path(path).parent / "summary.json"
-    if summary_path.is_file() and read_summary(summary_path).get("plateau_watched_test"):
+    if summary_path.is_file() and read_summary(summary_path).plateau_watched_test:
         result["notes"].append(STUDY_MODE_NOTE)
     return result
 

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from .optim import make_optimizer, set_lr
 from .schedules import Schedule
 from .step import TrainStep
 
+if TYPE_CHECKING:
+    from .summary import RunSummary
+
 
 class TrainingError(RuntimeError):
     pass
@@ -36,7 +39,7 @@ class DivergedError(TrainingError):
     of the recipe, not a fault of the program: ``epoch`` and ``step`` (1-based) say where, ``summary`` is the run's
     record of it where a run folder wrote one."""
 
-    def __init__(self, message: str, epoch: int, step: int, summary: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, epoch: int, step: int, summary: RunSummary | None = None) -> None:
         super().__init__(message)
         self.epoch, self.step, self.summary = epoch, step, summary
 

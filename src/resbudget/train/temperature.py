@@ -3,21 +3,21 @@ given) later by ``resbudget calibrate`` and written into the finished run's file
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import read_toml, write_text
-from ..data import CIFAR10, Split, load_cifar10, stratified_split
+from .._io import read_toml
+from ..data import CIFAR10, Split, load_dataset, stratified_split
 from ..models import ResNet
 from .calibration import TEMPERATURE_RANGE, before_and_after, fit_temperature, temperature_in_range
-from .checkpoint import CheckpointError, model_from_weights, read_summary, read_weights, save_weights, weights_path
+from .checkpoint import CheckpointError, model_from_weights, read_weights, save_weights
 from .config import TrainConfig, config_from_dict
 from .evaluate import eval_options, select_device, view_logits
 from .folder import lock_run_folder
+from .summary import read_summary, weights_path, write_summary
 
 RECIPE_SOURCE = "the recipe's (train.temperature: fitted on validation splits of runs of this recipe)"
 
@@ -52,8 +52,8 @@ def fit_and_report(model: ResNet, val: Split, t: TrainConfig, logits: torch.Tens
             "val_images": len(val), **before_and_after(logits, val.labels, temperature, "val")}
 
 
-def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                  data: CIFAR10 | None = None, device: str = "auto", allow_unfinished: bool = False,
+def calibrate_run(run_dir: str | os.PathLike, *, data: CIFAR10 | str | os.PathLike | None = None,
+                  device: str = "auto", allow_unfinished: bool = False,
                   temperature: float | None = None) -> dict[str, Any]:
     """Fit the temperature of a finished run on its own validation split (``data.val_size`` images carved from the
     training set with ``data.val_seed``, as :func:`prepare_splits` carved them), or store the given ``temperature``
@@ -81,7 +81,7 @@ def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
         spec, tensors, metadata = read_weights(weights)
         model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
         if temperature is None:
-            data = data if data is not None else load_cifar10(data_dir)
+            data = load_dataset(data)
             _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
             dev = select_device(device)
             result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train)
@@ -90,5 +90,5 @@ def calibrate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
         extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}
         save_weights(model, spec, weights, extra={**extra, "temperature": repr(result["temperature"])})
         if summary is not None:
-            write_text(summary_path, json.dumps({**summary, "calibration": result}, indent=2) + "\n")
+            write_summary(summary_path, summary.replace(calibration=result))
     return result

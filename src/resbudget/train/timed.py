@@ -86,7 +86,7 @@ def probe_step_seconds(device: torch.device, steps: int = PROBE_STEPS, config: C
     """The seconds one training step of ``config`` (default: the default recipe) takes on ``device``: its net at its
     batch size on random images (speed does not depend on the pixels), timed over ``steps`` steps after the warm-up
     (and, on a GPU, the graph's capture)."""
-    from .run import initial_model
+    from .setup import initial_model
 
     config = config or Config()
     t = config.train
