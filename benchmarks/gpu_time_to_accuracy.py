@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from resbudget.data import CIFAR10, DataError, load_cifar10, synthetic_cifar10
+from resbudget.data import DataError, Dataset, load_cifar10, synthetic_cifar10
 from resbudget.models import build_model, count_macs, count_params
 from resbudget.train import RunFolderError, TrainingError, host_cpu, load_config, select_device, train_run
 from resbudget.train import step as step_module
@@ -146,7 +146,7 @@ def main() -> None:
         data = synthetic_cifar10(a.synthetic, max(a.synthetic // 5, 1)) if a.synthetic else load_cifar10(a.data_dir)
     except DataError as e:
         raise SystemExit(str(e)) from None
-    data = CIFAR10(data.train.to(device), data.test.to(device), data.source, data.checksums)
+    data = Dataset(data.train.to(device), data.test.to(device), data.source, data.checksums)
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(f"data: {data.source}, loaded and on the device in {time.perf_counter() - t0:.2f} s", flush=True)

@@ -59,7 +59,7 @@ def test_colour_operations_leave_untouched_images_exact_and_geometric_ones_keep_
     assert 0 < same.float().mean() < 0.5  # identity (1 of 13) and weak draws leave images as they were
     # What a geometric operation uncovers is the CIFAR-10 mean: on a flat image every pixel lies between the image's
     # value and the mean, and far shifts reach the mean itself.
-    from resbudget.data.cifar10 import MEAN
+    from resbudget.data import MEAN
 
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     flat = torch.full((64, 3, 32, 32), 0.9)

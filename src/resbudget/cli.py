@@ -237,6 +237,8 @@ def format_classes(per_class: list[dict], confusion: list[list[int]]) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy import IMAGE_METHOD, load_predictor, predict_files
 
+    if args.csv is not None and args.csv != "-" and (Path(args.csv).exists() or not Path(args.csv).parent.is_dir()):
+        raise ValueError(f"--csv {args.csv}: the file exists (it is not overwritten) or its folder does not")
     predictor = load_predictor(args.model, budget=args.budget, allow_over_budget=args.allow_over_budget,
                                allow_unfinished=args.allow_unfinished, views=args.views)
     results, said_resized, failed, predicted = [], False, 0, 0
@@ -246,18 +248,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"resbudget predict: error: {r['error']}", file=sys.stderr)
             continue
         predicted += 1
-        if args.json:
+        if args.json or args.csv is not None:
             results.append(r)
         else:
             if r["resized"] and not said_resized:
-                print(f"note: images not 32x32 are read as {IMAGE_METHOD}", file=sys.stderr)
+                size = predictor.image_size
+                print(f"note: images not {size}x{size} are read as {IMAGE_METHOD}", file=sys.stderr)
                 said_resized = True
             top = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
             print(f"{r['file']}: {top}" + ("  (unsure)" if r["unsure"] else ""))
-    if args.json:
+    if args.csv is not None:
+        _write_csv(args.csv, [(r["file"], r["top"][0]["class"]) for r in results])
+    elif args.json:
         print(json.dumps({"method": IMAGE_METHOD, "tta": predictor.tta, "temperature": predictor.temperature,
                           "predictions": results, "errors": failed}, indent=2))
     return 0 if not failed else 1 if predicted else 2  # 1: some images predicted, 2: none
+
+
+def _write_csv(target: str, rows: list[tuple[str, str]]) -> None:
+    """``file,class`` and one line per image, to stdout (``-``) or a new file written whole."""
+    import csv
+    import io
+
+    from ._io import write_text
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("file", "class"))
+    writer.writerows(rows)
+    if target == "-":
+        sys.stdout.write(text.getvalue())
+    else:
+        write_text(Path(target), text.getvalue())
+        print(f"{len(rows)} prediction(s) written to {target}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -265,8 +288,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_onnx(args.run, args.out, opset=args.opset, budget=args.budget, views=args.views,
                        allow_over_budget=args.allow_over_budget, allow_unfinished=args.allow_unfinished)
-    print(f"ONNX model written to {path} (input: float32 N x 3 x 32 x 32 RGB in 0-1; outputs: logits, probabilities "
-          "over the TTA views named in its metadata)")
+    print(f"ONNX model written to {path} (input: float32 N x 3 x S x S RGB in 0-1, S and the class names in its "
+          "metadata; outputs: logits, probabilities over the TTA views named there)")
     return 0
 
 
@@ -644,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mark as unsure each image whose top probability is below P (eval shows the accuracy at "
                    "each coverage)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--csv", metavar="FILE", help="write file,class and one line per image (the most probable class) "
+                   "to FILE, a new file (- for stdout): what a competition or a spreadsheet takes")
     _add_budget_flags(s, "a net above it is refused")
     _add_unfinished_flag(s)
     s.set_defaults(func=cmd_predict)

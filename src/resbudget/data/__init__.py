@@ -10,33 +10,34 @@ from .augment import (
 )
 from .cifar10 import (
                       BINARY,
-                      CIFAR10,
-                      CLASSES,
                       ENV_VAR,
                       FORMATS,
                       MANIFEST_ENV_VAR,
-                      MEAN,
                       PYTHON,
-                      STD,
                       DataError,
                       FileCheck,
                       Format,
-                      Split,
                       class_counts,
                       default_data_dir,
                       load_cifar10,
-                      load_dataset,
                       locate,
                       read_manifest,
                       resolve_data_dir,
                       stratified_split,
 )
+from .dataset import CIFAR10_NORMALIZATION, CLASSES, MEAN, STD, Dataset, Normalization, Split
 from .download import download_cifar10
+from .folders import load_arrays, load_image_folders
+from .load import count_classes, load_dataset
 from .synthetic import synthetic_cifar10
 
 __all__ = [
                       "BINARY",
-                      "CIFAR10",
+                      "CIFAR10_NORMALIZATION",
+                      "Dataset",
+                      "Normalization",
+                      "load_arrays",
+                      "load_image_folders",
                       "alternating_flip_base",
                       "alternating_flips",
                       "CLASSES",
@@ -55,7 +56,7 @@ __all__ = [
                       "cutout",
                       "default_data_dir",
                       "download_cifar10",
-                      "load_cifar10", "load_dataset",
+                      "count_classes", "load_cifar10", "load_dataset",
                       "locate",
                       "normalize",
                       "random_crop",

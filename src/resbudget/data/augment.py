@@ -8,15 +8,15 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from .cifar10 import MEAN, STD
+from .dataset import CIFAR10_NORMALIZATION, Normalization
 from .policy import trivial_augment_normalized
 
 
-def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float, standardised with the CIFAR-10 training-set mean and std."""
-    mean = torch.tensor(MEAN, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    return (images.to(dtype) / 255.0 - mean) / std
+def normalize(images: torch.Tensor, norm: Normalization = CIFAR10_NORMALIZATION,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, standardised with ``norm`` (its set's: CIFAR-10's by default)."""
+    return (images.to(dtype) / 255.0 - norm.tensor("mean", images.device, dtype)) / norm.tensor(
+        "std", images.device, dtype)
 
 
 def random_crop(x: torch.Tensor, padding: int, mode: str, g: torch.Generator) -> torch.Tensor:
@@ -79,12 +79,13 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     return x.masked_fill(inside[:, None], 0.0)
 
 
-def add_noise(x: torch.Tensor, max_sigma: float, g: torch.Generator) -> torch.Tensor:
-    """Normal pixel noise on a normalised batch: per image a sigma uniform in [0, ``max_sigma``] on the 0-1 pixel
-    scale (divided by each channel's std, as normalisation divides the pixels)."""
+def add_noise(x: torch.Tensor, max_sigma: float, g: torch.Generator,
+              norm: Normalization = CIFAR10_NORMALIZATION) -> torch.Tensor:
+    """Normal pixel noise on a batch standardised with ``norm``: per image a sigma uniform in [0, ``max_sigma``] on
+    the 0-1 pixel scale (divided by each channel's std, as normalisation divides the pixels)."""
     if max_sigma <= 0:
         return x
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = norm.tensor("std", x.device, x.dtype)
     sigma = max_sigma * torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device, dtype=x.dtype)
     return x + torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * sigma / std
 
@@ -101,11 +102,13 @@ class Augment:
     cutout: int
     noise: float  # pixel noise: each image gets normal noise of a sigma drawn uniformly in [0, noise] (0-1 scale)
     policy: str  # "trivial": one TrivialAugment operation per image (data/policy.py), after crop and flip
+    norm: Normalization = CIFAR10_NORMALIZATION  # how the batches it gets were standardised
 
     @classmethod
-    def from_config(cls, data: object) -> Augment:
-        """The transforms of a data config: each field read from ``data``'s attribute of the same name."""
-        return cls(**{f.name: getattr(data, f.name) for f in fields(cls)})
+    def from_config(cls, data: object, norm: Normalization = CIFAR10_NORMALIZATION) -> Augment:
+        """The transforms of a data config (each field read from ``data``'s attribute of the same name), for batches
+        standardised with ``norm``."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(cls) if f.name != "norm"}, norm=norm)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: a normalised float batch on the generator's device. ``flips``: which images to mirror (e.g.
@@ -114,6 +117,6 @@ class Augment:
         if self.flip:
             x = random_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
         if self.policy == "trivial":
-            x = trivial_augment_normalized(x, g)
+            x = trivial_augment_normalized(x, g, self.norm)
         x = random_rotate(x, self.rotate_degrees, g)
-        return add_noise(cutout(x, self.cutout, g), self.noise, g)
+        return add_noise(cutout(x, self.cutout, g), self.noise, g, self.norm)

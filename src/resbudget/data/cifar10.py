@@ -14,19 +14,17 @@ import os
 import pickle
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._io import MAX_BYTES, parse_json, read_bounded, regular_file
+from .dataset import CLASSES, Dataset, Split
 
 ENV_VAR = "RESBUDGET_DATA_DIR"
 MANIFEST_ENV_VAR = "RESBUDGET_DATA_MANIFEST"  # checksums and counts of a set that is not the official one
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
 RECORD_BYTES = 1 + 3 * 32 * 32
 
 
@@ -81,35 +79,6 @@ PYTHON = Format("python", "cifar-10-batches-py", "cifar-10-python.tar.gz", "c58f
                     FileCheck("data_batch_5", "md5", "482c414d41f54cd18b22e5b47cb7c3cb")),
                 (FileCheck("test_batch", "md5", "40351d587109b95175f43aff81a1287e"),))
 FORMATS = (BINARY, PYTHON)
-
-
-@dataclass
-class Split:
-    """One split held in memory: uint8 images (N, 3, 32, 32) and int64 labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
-
-    def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
-
-
-@dataclass
-class CIFAR10:
-    train: Split
-    test: Split | None  # None: held back from a run that may not see it (a search trial)
-    source: str  # where it was read from, for the record
-    checksums: dict[str, str] = field(default_factory=dict)  # file -> "algorithm:digest", each verified on loading
-
-    def without_test(self) -> CIFAR10:
-        """The same data with its test split held back: what a run that must not see the test set is given."""
-        return dataclasses.replace(self, test=None)
 
 
 def default_data_dir() -> Path:
@@ -213,7 +182,8 @@ def locate(data_dir: str | os.PathLike | None = None) -> Located:
     raise DataError(
         f"CIFAR-10 not found in {root}: looked for the batch files there and for cifar-10-batches-bin/, "
         f"cifar-10-batches-py/ or their .tar.gz archive in it; point --data-dir (or ${ENV_VAR}) at the folder "
-        f"holding one of them, or pass --download to fetch {BINARY.url} into it"
+        f"holding one of them (or at your own images: a folder holding train/CLASS/*, or an .npz file), or pass "
+        f"--download to fetch {BINARY.url} into it"
     )
 
 
@@ -295,7 +265,7 @@ def read_manifest(path: str | os.PathLike) -> tuple[Format, tuple[int, int]]:
     return dataclasses.replace(fmt, **files, **archive), counts
 
 
-def load_cifar10(data_dir: str | os.PathLike | None = None, *, manifest: str | os.PathLike | None = None) -> CIFAR10:
+def load_cifar10(data_dir: str | os.PathLike | None = None, *, manifest: str | os.PathLike | None = None) -> Dataset:
     """Load and verify both splits, against the official checksums and counts, or against those of ``manifest``
     (else $RESBUDGET_DATA_MANIFEST; :func:`read_manifest`) for a set that is not the official one. The result
     records the checksums it was verified against."""
@@ -311,13 +281,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *, manifest: str | o
     train = _load_split(located, fmt.train_files, expected_counts[0], "train")
     test = _load_split(located, fmt.test_files, expected_counts[1], "test")
     checksums = {c.name: f"{c.algorithm}:{c.digest}" for c in (*fmt.train_files, *fmt.test_files)}
-    return CIFAR10(train=train, test=test, source=str(located.path), checksums=checksums)
-
-
-def load_dataset(data: CIFAR10 | str | os.PathLike | None = None) -> CIFAR10:
-    """``data`` itself where it is already loaded, else the data set in that folder (None: $RESBUDGET_DATA_DIR, else
-    the cache folder), verified."""
-    return data if isinstance(data, CIFAR10) else load_cifar10(data)
+    return Dataset(train=train, test=test, source=str(located.path), checksums=checksums)
 
 
 def class_counts(labels: torch.Tensor, num_classes: int = len(CLASSES)) -> list[int]:

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .cifar10 import MEAN, STD
+from .dataset import CIFAR10_NORMALIZATION, MEAN, Normalization
 
 # name -> (kind, full-strength magnitude); signed operations go either way with equal chance
 OPERATIONS: dict[str, tuple[str, float]] = {
@@ -95,9 +95,11 @@ def _affine(name: str, m: torch.Tensor, sign: torch.Tensor, size: int) -> torch.
     return torch.stack(rows, 1).view(n, 2, 3)
 
 
-def trivial_augment(x: torch.Tensor, g: torch.Generator, names: tuple[str, ...] = NAMES) -> torch.Tensor:
+def trivial_augment(x: torch.Tensor, g: torch.Generator, names: tuple[str, ...] = NAMES,
+                    fill: tuple[float, float, float] = MEAN) -> torch.Tensor:
     """One operation of ``names`` per image of the 0-1 float batch ``x`` (n, 3, h, w), drawn with ``g``: the
-    operation, its strength in [0, 1] and its sign. The same generator state gives the same images."""
+    operation, its strength in [0, 1] and its sign; a geometric one fills what it uncovers with ``fill`` (the set's
+    mean colour). The same generator state gives the same images."""
     n, _, h, w = x.shape
     choice = torch.randint(0, len(names), (n,), generator=g, device=x.device)
     m = torch.rand(n, 1, 1, 1, generator=g, device=x.device, dtype=x.dtype)
@@ -115,16 +117,17 @@ def trivial_augment(x: torch.Tensor, g: torch.Generator, names: tuple[str, ...] 
         elif name != "identity":
             idx = picked.nonzero().squeeze(1)
             out[idx] = _colour(name, x[idx], m[idx], sign[idx])
-    # One resampling for every geometric choice; the fill is the CIFAR-10 mean.
+    # One resampling for every geometric choice.
     idx = geometric.nonzero().squeeze(1)
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(fill, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     grid = F.affine_grid(theta[idx], [len(idx), 3, h, w], align_corners=False)
     out[idx] = F.grid_sample(x[idx] - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + mean
     return out
 
 
-def trivial_augment_normalized(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """:func:`trivial_augment` on a batch standardised with the CIFAR-10 mean and std (as training batches are)."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (trivial_augment((x * std + mean).clamp(0.0, 1.0), g) - mean) / std
+def trivial_augment_normalized(x: torch.Tensor, g: torch.Generator,
+                               norm: Normalization = CIFAR10_NORMALIZATION) -> torch.Tensor:
+    """:func:`trivial_augment` on a batch standardised with ``norm`` (as training batches are), filling with its
+    set's mean."""
+    mean, std = norm.tensor("mean", x.device, x.dtype), norm.tensor("std", x.device, x.dtype)
+    return (trivial_augment((x * std + mean).clamp(0.0, 1.0), g, fill=norm.mean) - mean) / std

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cifar10 import CIFAR10, CLASSES, Split
+from .cifar10 import CLASSES, Dataset, Split
 
 
 def synthetic_split(n: int, g: torch.Generator, patterns: torch.Tensor) -> Split:
@@ -20,9 +20,9 @@ def synthetic_split(n: int, g: torch.Generator, patterns: torch.Tensor) -> Split
     return Split(images.clamp(0, 255).round().to(torch.uint8), labels)
 
 
-def synthetic_cifar10(n_train: int = 512, n_test: int = 256, seed: int = 0) -> CIFAR10:
+def synthetic_cifar10(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(len(CLASSES), 3, 4, 4, generator=g)
     patterns = 40 + 175 * F.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
-    return CIFAR10(synthetic_split(n_train, g, patterns), synthetic_split(n_test, g, patterns),
+    return Dataset(synthetic_split(n_train, g, patterns), synthetic_split(n_test, g, patterns),
                    source=f"synthetic (seed {seed}: {n_train} training and {n_test} test images)")

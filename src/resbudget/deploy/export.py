@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from .._io import publish_new, usual_mode
-from ..data import CLASSES, MEAN, STD
+from ..data import CIFAR10_NORMALIZATION, Normalization
 from ..models import DEFAULT_BUDGET, ModelSpec
 from ..train import CheckpointError, load_model, temperature_of, tta_mode, weights_path
+from ..train.checkpoint import input_of
 from ..train.tta import VIEWS, tta_logits
 from ..version import __version__
 
@@ -42,11 +43,12 @@ class Deployable(nn.Module):
     """Normalisation, the net over its TTA views and the temperature in one module: 0-1 RGB in, (logits,
     probabilities) out."""
 
-    def __init__(self, model: nn.Module, temperature: float, tta: str = "none") -> None:
+    def __init__(self, model: nn.Module, temperature: float, tta: str = "none",
+                 norm: Normalization = CIFAR10_NORMALIZATION) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", norm.tensor("mean", "cpu", torch.float32))
+        self.register_buffer("std", norm.tensor("std", "cpu", torch.float32))
         self.temperature, self.tta = temperature, tta
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +81,8 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None,
         raise CheckpointError(f"{out.parent} is not a folder: --out must name a file in an existing folder")
     model, spec = load_model(weights, budget=budget, allow_over_budget=allow_over_budget)
     temperature, tta = temperature_of(weights), tta_mode(weights, views)
-    module = Deployable(model, temperature, tta).eval()
+    classes, norm = input_of(weights)
+    module = Deployable(model, temperature, tta, norm).eval()
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -98,7 +101,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None,
         if written != opset:
             raise CheckpointError(f"the exporter could not write opset {opset} for this net (it wrote {written}); "
                                   f"nothing was written; use --opset {DEFAULT_OPSET}")
-        _set_metadata(graph, spec, temperature, tta)
+        _set_metadata(graph, spec, temperature, tta, classes)
         onnx.save(graph, str(tmp))
         os.chmod(tmp, usual_mode())
         publish_new(tmp, out, CheckpointError)
@@ -108,10 +111,12 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike | None = None,
     return out
 
 
-def _set_metadata(graph, spec: ModelSpec, temperature: float, tta: str) -> None:  # noqa: ANN001 - onnx.ModelProto
-    entries = {"classes": json.dumps(list(CLASSES)), "spec": json.dumps(spec.to_dict()),
+def _set_metadata(graph, spec: ModelSpec, temperature: float, tta: str,  # noqa: ANN001 - onnx.ModelProto
+                  classes: tuple[str, ...]) -> None:
+    size = spec.image_size
+    entries = {"classes": json.dumps(list(classes)), "spec": json.dumps(spec.to_dict()),
                "temperature": repr(temperature), "tta": tta, "views": str(VIEWS[tta]),
-               "input": "images: float32 N x 3 x 32 x 32, RGB in 0-1",
+               "input": f"images: float32 N x 3 x {size} x {size}, RGB in 0-1",
                "producer": f"resbudget {__version__}"}
     del graph.metadata_props[:]
     for key, value in entries.items():

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..data import CIFAR10, load_dataset
+from ..data import Dataset, load_dataset
 from ..models import DEFAULT_BUDGET, count_params
 from ..train.config import TrainConfig
 from ..train.evaluate import batched_outputs, select_device
@@ -16,7 +16,7 @@ from .model import load_ensemble
 
 
 @torch.no_grad()
-def evaluate_ensemble(folder: str | os.PathLike, *, data: CIFAR10 | str | os.PathLike | None = None,
+def evaluate_ensemble(folder: str | os.PathLike, *, data: Dataset | str | os.PathLike | None = None,
                       device: str = "auto", batch_size: int = 1000, precision: str | None = None,
                       budget: int = DEFAULT_BUDGET, allow_over_budget: bool = False) -> dict[str, Any]:
     precision = precision or TrainConfig().precision  # as the members trained and were scored

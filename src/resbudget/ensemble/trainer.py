@@ -11,9 +11,10 @@ from typing import Any, TextIO
 
 from .._io import write_text
 from ..compat import REMOVED_ENSEMBLE_MODES
-from ..data import CIFAR10, load_dataset
+from ..data import Dataset, load_dataset
 from ..models import DEFAULT_BUDGET, ModelSpec, build_model, count_params
 from ..train import Config, load_model, train_run
+from ..train.setup import fit_to_data
 from .evaluate import evaluate_ensemble
 from .model import check_ensemble_budget, save_ensemble
 
@@ -43,7 +44,7 @@ def widest_member(spec: ModelSpec, budget: int) -> ModelSpec:
 
 
 def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, budget: int = DEFAULT_BUDGET,
-                   seeds: list[int] | None = None, data: CIFAR10 | str | os.PathLike | None = None,
+                   seeds: list[int] | None = None, data: Dataset | str | os.PathLike | None = None,
                    progress: bool | TextIO = True) -> dict[str, Any]:
     """Train ``members`` copies of ``config``'s model, each with its own seed (its own initialisation, data order and
     augmentation), one after another into ``out_dir/members/memberN`` (finished members are kept and an interrupted
@@ -55,13 +56,14 @@ def train_ensemble(config: Config, out_dir: str | os.PathLike, *, members: int, 
         raise ValueError(f"{members} members need {members} seeds, got {len(seeds)}: {seeds}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must differ, or the members are identical: {seeds}")
-    specs = [config.model] * members
-    counts = check_ensemble_budget(specs, budget)
     out = Path(out_dir)
     for mode, what in REMOVED_ENSEMBLE_MODES.items():
         if (out / mode).exists():
             raise ValueError(f"{out} holds {what}; choose another --out folder")
-    data = load_dataset(data)
+    config = fit_to_data(config, data)  # every member's head sized for the data's classes
+    specs = [config.model] * members
+    counts = check_ensemble_budget(specs, budget)
+    data = load_dataset(data, config.model.image_size)
     start = time.perf_counter()
     share = dataclasses.replace(config, train=dataclasses.replace(config.train, budget=budget // members))
     runs = []

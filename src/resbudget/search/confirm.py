@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .._io import write_text
-from ..data import CIFAR10, load_dataset
+from ..data import Dataset, load_dataset
 from ..train import Config, config_from_dict, train_run
 from .engine import SearchError
 
@@ -46,7 +46,7 @@ def confirm_configs(study: optuna.Study, top: int, with_base: bool = False) -> l
 
 
 def confirm_search(study: optuna.Study, out_dir: str | os.PathLike, *, top: int = 1, seeds: int = 3,
-                   with_base: bool = False, data: CIFAR10 | str | os.PathLike | None = None,
+                   with_base: bool = False, data: Dataset | str | os.PathLike | None = None,
                    stream: TextIO | None = None) -> list[dict[str, Any]]:
     """Train each picked config with seeds 0..seeds-1 into ``out_dir/<label>/seed<N>`` (a finished run is kept, an
     interrupted one resumed) and write ``out_dir/confirm.json``: per-seed and mean ± std test accuracy, with and
@@ -54,7 +54,7 @@ def confirm_search(study: optuna.Study, out_dir: str | os.PathLike, *, top: int 
     if seeds < 1:
         raise SearchError(f"--seeds must be >= 1, got {seeds}")
     picked = confirm_configs(study, top, with_base)
-    data = load_dataset(data)
+    data = load_dataset(data, picked[0][1].model.image_size)
     out_dir, results = Path(out_dir), []
     for label, config in picked:
         runs = []

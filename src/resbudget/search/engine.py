@@ -38,12 +38,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from .._defaults import HEARTBEAT_SECONDS
-from ..data import CIFAR10, load_dataset
+from ..data import Dataset, load_dataset
 from ..models import DEFAULT_BUDGET
 from ..models.budget import MAX_PARAMS
 from ..train import Config, ConfigError, DivergedError, config_to_dict, train_run
 from ..train.config import LIMITS, MAX_SEED
 from ..train.deadline import TimeLimit
+from ..train.setup import fit_to_data
 from .space import Rejected, Space, check_trial, fill_budget, load_space, trial_config
 
 PRUNE_FIRST_AT = 25  # % of a trial's epochs: successive halving's first rung, then 50%, then 100%
@@ -240,7 +241,7 @@ def _requeue_interrupted(study: optuna.Study) -> int:
 class Objective:
     """One trial: draw, check from the spec, train on the training set minus the validation split, score."""
 
-    def __init__(self, name: str, settings: SearchSettings, out_dir: Path, data: CIFAR10, trials: int):
+    def __init__(self, name: str, settings: SearchSettings, out_dir: Path, data: Dataset, trials: int):
         self.name, self.settings, self.out_dir, self.data, self.trials = name, settings, out_dir, data, trials
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -257,6 +258,7 @@ class Objective:
             config = trial_config(s.space, values, val_size=s.val_size, seed=s.seed, budget=s.budget)
             config = dataclasses.replace(config, experiment=dataclasses.replace(
                 config.experiment, name=f"{self.name}-trial-{trial.number:04d}"))
+            config = fit_to_data(config, self.data)  # the head the data's classes need counts in the budget
             if s.fill:
                 config = dataclasses.replace(config, model=fill_budget(config.model, s.budget, s.macs_budget))
             params, macs = check_trial(config, s.macs_budget)
@@ -370,7 +372,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: str | None = None,
-               settings: SearchSettings | None = None, data: CIFAR10 | str | os.PathLike | None = None,
+               settings: SearchSettings | None = None, data: Dataset | str | os.PathLike | None = None,
                heartbeat: float = HEARTBEAT_SECONDS, stream: TextIO | None = None) -> optuna.Study:
     """Work on the search ``name`` until it holds ``trials`` trained trials (all workers together), then return.
 
@@ -394,7 +396,7 @@ def run_search(name: str, *, trials: int, out_dir: str | os.PathLike, storage: s
         + (f", {requeued} interrupted trial(s) queued again" if requeued else ""))
     if done >= trials:
         return study
-    data = load_dataset(data)
+    data = load_dataset(data, int(settings.space.base["model"].get("image_size", 32)))
     rejected_in_a_row = 0
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:

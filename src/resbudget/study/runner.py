@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from .._defaults import SharedStorage
 from .._io import write_text
-from ..data import CIFAR10, load_dataset
+from ..data import Dataset, load_dataset
 from ..train import Config, ConfigError, DivergedError, RunSummary, load_config, scale_epochs, train_run
 
 # A source checkout keeps its studies in <repo>/experiments/<name>/; the current folder's experiments/ comes first.
@@ -83,7 +83,7 @@ class StudyRun:
 
 
 def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: list[str] | tuple[str, ...] = (),
-              epochs: int | None = None, seeds: int = 1, data: CIFAR10 | str | os.PathLike | None = None,
+              epochs: int | None = None, seeds: int = 1, data: Dataset | str | os.PathLike | None = None,
               storage: SharedStorage | None = None, progress: bool | TextIO = True) -> list[StudyRun]:
     """Train every run into ``out_dir/<experiment>/seed<N>``. A finished run is skipped, an interrupted one resumed;
     a folder holding a run of another config is an error (choose another --out). ``data``: loaded once for the whole
@@ -94,14 +94,14 @@ def run_study(study: str | os.PathLike, out_dir: str | os.PathLike, *, only: lis
     ``study.json`` lists every finished run of all of them."""
     runs = study_configs(study, only=only, epochs=epochs, seeds=seeds)
     out_dir = Path(out_dir)
-    loaded: list[CIFAR10] = []
+    loaded: list[Dataset] = []
 
     def train(name: str, seed: int, config: Config, header: str) -> StudyRun:
         run_dir = out_dir / name / f"seed{seed}"
         if progress is not False:
             print(f"{header}{name} seed {seed} -> {run_dir}", file=_stream(progress), flush=True)
         if not loaded:  # loaded and verified once for the whole study, when the first run needs it
-            loaded.append(load_dataset(data))
+            loaded.append(load_dataset(data, config.model.image_size))
         return StudyRun(name, seed, str(run_dir), _train(config, run_dir, loaded[0], progress))
 
     if storage is not None:
@@ -114,7 +114,7 @@ def _stream(progress: bool | TextIO) -> TextIO | None:
     return None if isinstance(progress, bool) else progress
 
 
-def _train(config: Config, run_dir: Path, data: CIFAR10, progress: bool | TextIO) -> RunSummary:
+def _train(config: Config, run_dir: Path, data: Dataset, progress: bool | TextIO) -> RunSummary:
     """One run of the study, started, resumed (a finished one returns at once) or found diverged: a diverged run is
     a result (its summary says where), said in one line, and the study goes on."""
     started = (run_dir / "config.toml").is_file()

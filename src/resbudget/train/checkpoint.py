@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import MAX_BYTES, atomic_path, parse_json, regular_file
+from ..data import CIFAR10_NORMALIZATION, CLASSES, Normalization
 from ..models import DEFAULT_BUDGET, ModelSpec, ResNet, SpecError, build_model, check_spec
 from .calibration import TEMPERATURE_RANGE, temperature_in_range
 from .errors import CheckpointError
@@ -106,6 +107,29 @@ def temperature_of(path: str | os.PathLike) -> float:
                               "{:g} to {:g} a calibrated net can have; the file is damaged, or was not written by "
                               "resbudget".format(*TEMPERATURE_RANGE))
     return temperature
+
+
+def input_metadata(classes: tuple[str, ...], norm: Normalization) -> dict[str, str]:
+    """What a checkpoint records of the data its net was trained on: the class names, and the standardisation its
+    inputs need (read back by :func:`input_of`)."""
+    return {"classes": json.dumps(list(classes)), "normalization": json.dumps(norm.to_dict())}
+
+
+def input_of(path: str | os.PathLike) -> tuple[tuple[str, ...], Normalization]:
+    """The class names and the input standardisation stored with a checkpoint or run folder (CIFAR-10's where the
+    file records none, as every checkpoint did before other data sets were read); only the metadata is read."""
+    path = Path(path)
+    path = path / "model.safetensors" if path.is_dir() else path
+    metadata, _ = _read(path, "no such checkpoint file", "not a readable safetensors file", tensors=False)
+    try:
+        classes = tuple(json.loads(metadata["classes"])) if "classes" in metadata else CLASSES
+        norm = (Normalization.from_dict(json.loads(metadata["normalization"])) if "normalization" in metadata
+                else CIFAR10_NORMALIZATION)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: its class names or normalisation cannot be read ({e})") from None
+    if not all(isinstance(c, str) for c in classes) or len(classes) < 2:
+        raise CheckpointError(f"{path}: its class names are not a list of at least 2 names")
+    return classes, norm
 
 
 def model_from_weights(spec: ModelSpec, tensors: dict[str, torch.Tensor], path: Path, *,

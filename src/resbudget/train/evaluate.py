@@ -4,6 +4,7 @@ and the test accuracy of a saved checkpoint."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import read_toml
-from ..data import CIFAR10, CLASSES, Split, load_dataset, normalize
+from ..data import CLASSES, Dataset, Split, load_dataset, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
 from .calibration import accuracy_at_coverage, before_and_after, calibration_metrics, reliability
-from .checkpoint import load_model, temperature_of
+from .checkpoint import input_of, load_model, temperature_of
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
+from .errors import CheckpointError
 from .summary import read_summary, weights_path
 from .tta import mode_of_views, tta_view_logits
 
@@ -72,7 +74,7 @@ def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *,
     """(fn(normalised images), labels) batch by batch over ``split``, which must be on fn's device."""
     device = split.images.device
     for start in range(0, len(split), batch_size):
-        x = normalize(split.images[start:start + batch_size])
+        x = normalize(split.images[start:start + batch_size], split.norm)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
@@ -145,7 +147,7 @@ class CorruptionTest:
             raise ValueError(f"--images must be a positive number of test images, got {self.images}")
 
 
-def evaluate_checkpoint(path: str | os.PathLike, *, data: CIFAR10 | str | os.PathLike | None = None,
+def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.PathLike | None = None,
                         device: str = "auto", precision: str | None = None, model: nn.Module | None = None,
                         budget: int | None = DEFAULT_BUDGET, allow_unfinished: bool = False,
                         corruptions: CorruptionTest | None = None) -> dict[str, Any]:
@@ -159,10 +161,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: CIFAR10 | str | os.Pat
     over the views, divided by the temperature): NLL and 15-bin ECE with and without the temperature, the accuracy
     at coverage and the reliability diagram's bins. ``per_class`` and ``confusion`` (:func:`class_report`) are of the
     image alone, as ``test_accuracy`` is."""
-    is_ensemble_model = model is not None
+    is_ensemble_model, image_size = model is not None, 32
     if model is None:
         path = weights_path(path, allow_unfinished)
-        model, _ = load_model(path, budget=budget or DEFAULT_BUDGET, allow_over_budget=budget is None)
+        model, spec = load_model(path, budget=budget or DEFAULT_BUDGET, allow_over_budget=budget is None)
+        image_size = spec.image_size
     dev = select_device(device)
     run = run_train_config(path)
     opts = eval_options(run) | ({"precision": precision} if precision is not None else {})
@@ -171,7 +174,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: CIFAR10 | str | os.Pat
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     temperature = 1.0 if is_ensemble_model else temperature_of(path)  # checked before the data loads
-    data = load_dataset(data)
+    data = load_dataset(data, image_size)
+    if not is_ensemble_model:  # the net's own class names and input standardisation, as it was trained
+        classes, norm = input_of(path)
+        if len(classes) != len(data.classes):
+            raise CheckpointError(f"{path}: the net tells {len(classes)} classes apart, the data set has "
+                                  f"{len(data.classes)}; give the data it was trained on (--data-dir)")
+        data = dataclasses.replace(data, classes=classes, train=Split(data.train.images, data.train.labels, norm))
     test = data.test.to(dev)
     # one pass over the test set gives everything: an ensemble's outputs are log-probabilities, whose softmax is
     # its probabilities, so the same metrics hold for it (it has no temperature of its own)
@@ -187,7 +196,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: CIFAR10 | str | os.Pat
                               **before_and_after(logits, test.labels, temperature, "test"),
                               "accuracy_at_coverage": accuracy_at_coverage(logits, test.labels),
                               "reliability": reliability(logits, test.labels, temperature)}}
-    result |= class_report(views[0], test.labels)
+    result |= class_report(views[0], test.labels, data.classes)
     if corruptions is not None:
         test = data.test.subset(slice(0, corruptions.images)).to(dev)
         result["robustness"] = evaluate_corruptions(model, test, seed=corruptions.seed, **opts)
@@ -205,8 +214,8 @@ def evaluate_corruptions(model: nn.Module, split: Split, *, names: list[str] | t
     opts = dict(batch_size=batch_size, precision=precision, channels_last=channels_last)
     table = {}
     for name in names:
-        table[name] = [evaluate(model, Split(corrupt(split.images, name, s, seed), split.labels), **opts)["accuracy"]
-                       for s in SEVERITIES]
+        table[name] = [evaluate(model, Split(corrupt(split.images, name, s, seed), split.labels, split.norm),
+                                **opts)["accuracy"] for s in SEVERITIES]
     every = [a for accs in table.values() for a in accs]
     return {"images": len(split), "seed": seed, "clean": evaluate(model, split, **opts)["accuracy"],
             "corruptions": table, "mean": sum(every) / len(every) if every else None}

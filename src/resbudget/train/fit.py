@@ -173,7 +173,7 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     n, bs = len(train), t.batch_size
     flip_base = alternating_flip_base(n, t.seed, device) if config.data.flip_mode == "alternate" else None
-    augment = Augment.from_config(config.data)
+    augment = Augment.from_config(config.data, train.norm)
     if state.step is None:
         state.step = TrainStep(model, state.optimizer, criterion, precision=t.precision, say=show.warn)
     for epoch in range(state.epoch, t.epochs):
@@ -192,7 +192,7 @@ def fit(config: Config, train: Split, state: TrainingState, *, evaluate_epoch: C
             set_lr(state.optimizer, lr, config.optim.lr)
             idx = order[step * bs:(step + 1) * bs]
             flips = alternating_flips(flip_base, idx, epoch) if flip_base is not None else None
-            x = augment(normalize(train.images[idx]), g, flips)
+            x = augment(normalize(train.images[idx], train.norm), g, flips)
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = train.labels[idx]

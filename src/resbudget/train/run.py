@@ -18,10 +18,10 @@ from typing import Any, TextIO
 import torch
 
 from .._io import write_text
-from ..data import CIFAR10, Split
+from ..data import Dataset, Split, load_dataset
 from ..models import ResNet, check_spec
 from .calibration import calibration_metrics
-from .checkpoint import CheckpointError, load_state, save_state, save_weights
+from .checkpoint import CheckpointError, input_metadata, load_state, save_state, save_weights
 from .config import Config, ConfigError, TrainConfig, config_to_toml
 from .deadline import RESERVE_SECONDS, Evaluations, TimeLimit, first_step_seconds, seconds_per_view, tta_that_fits
 from .evaluate import eval_options, evaluate, select_device, view_logits
@@ -29,7 +29,7 @@ from .fit import DivergedError, TrainingState, fit
 from .folder import RunFolderError, check_folder, hold_run_folder, open_run_folder
 from .metrics import MetricsLog, Progress
 from .provenance import git_state
-from .setup import Prepared, prepare_run
+from .setup import Prepared, fit_to_data, prepare_run
 from .summary import Divergence, RunSummary, read_summary, run_notes, summarize_run, write_summary
 from .temperature import run_calibration
 from .tta import VIEWS
@@ -68,13 +68,13 @@ def final_evaluation(model: ResNet, train: TrainConfig, held_out: Split, which: 
             "tta": tta, "seconds": seconds, "logits": logits, "labels": held_out.labels}
 
 
-def train_run(config: Config | None, out_dir: str | os.PathLike, *, data: CIFAR10 | str | os.PathLike | None = None,
+def train_run(config: Config | None, out_dir: str | os.PathLike, *, data: Dataset | str | os.PathLike | None = None,
               resume: bool = False, allow_over_budget: bool = False, progress: bool | TextIO = True,
               on_epoch_end: EpochHook | None = None, time_limit: TimeLimit | None = None) -> RunSummary:
     """Train ``config`` into the run folder ``out_dir`` and return its summary (also written as summary.json).
 
     ``data``: the data set, loaded, or the folder it is in (None: $RESBUDGET_DATA_DIR, else the cache folder),
-    verified. Data without a test split (:meth:`CIFAR10.without_test`, a search trial) is never scored on one: the
+    verified. Data without a test split (:meth:`Dataset.without_test`, a search trial) is never scored on one: the
     run needs a validation split, whose final accuracy (with TTA) is the result. ``resume``: continue the run in
     ``out_dir`` from its last finished epoch. ``progress``: a line per epoch (True: on stderr; a stream: there; False:
     only warnings). ``on_epoch_end(epoch, row)`` after each epoch's files are written.
@@ -84,18 +84,24 @@ def train_run(config: Config | None, out_dir: str | os.PathLike, *, data: CIFAR1
     (``stopped``) and how its recipe was chosen (``time_plan``)."""
     wall_start = time_limit.started if time_limit is not None else time.perf_counter()
     out_dir = Path(out_dir)
+    if config is not None:  # the head sized for the data's classes before the config meets a stored one
+        config = fit_to_data(config, data)
     config = open_run_folder(out_dir, config, resume)
     git_state()  # read now, not when the run ends
     show = Progress(config.train.epochs, stream=None if isinstance(progress, bool) else progress,
                     enabled=progress is not False)
     device = select_device(config.train.device)
     params = check_spec(config.model, config.train.budget, allow_over_budget)  # from the spec alone, before building
-    if isinstance(data, CIFAR10) and data.test is None and (not config.data.val_size or config.watches_test):
+    if isinstance(data, Dataset) and data.test is None and (not config.data.val_size or config.watches_test):
         raise ConfigError("a run that may not see the test set needs a validation split (data.val_size > 0) and "
                           "a schedule that does not watch the test set")
     with hold_run_folder(out_dir, resume):
         if resume and (out_dir / "summary.json").is_file():  # written last: the run has ended
             return _ended(out_dir, config, show)
+        data = load_dataset(data, config.model.image_size)
+        if len(data.classes) != config.model.num_classes:
+            raise ConfigError(f"{out_dir} holds a run of a net for {config.model.num_classes} classes; this data "
+                              f"set has {len(data.classes)}: resume it on the data it was started on")
         state_path = out_dir / "state.safetensors"
         saved = load_state(state_path) if resume and state_path.is_file() else None
         run = prepare_run(config, params, data, device)
@@ -134,6 +140,7 @@ class _RunInFolder:
         self.config = run.config
         self.wall_start, self.time_limit = wall_start, time_limit
         self.tta = self.config.train.tta
+        self.input = input_metadata(run.data.classes, run.data.norm)  # recorded with the weights
         self.evaluations: Evaluations | None = None
         self.state: TrainingState | None = None
         self.log: MetricsLog | None = None
@@ -186,7 +193,7 @@ class _RunInFolder:
             self.log.append(row)
             with state.evaluated():  # the weights the epoch's numbers are of: what --allow-unfinished reads
                 save_weights(self.run.model, self.config.model, out_dir / "model.safetensors",
-                             extra={"epoch": str(state.epoch)})
+                             extra={"epoch": str(state.epoch), **self.input})
             save_state(state.state_dict(wall_seconds=self.wall()), out_dir / "state.safetensors")
         except (CheckpointError, OSError) as e:
             raise RunFolderError(f"{e}; the run stops, its folder holding the last epoch it saved: make room, then "
@@ -215,7 +222,7 @@ class _RunInFolder:
                         else {})
         calibration = run_calibration(model, self.config.train, run.val, final)
         check_folder(out_dir)
-        extra = {"epoch": str(state.epoch)} | (
+        extra = {"epoch": str(state.epoch), **self.input} | (
             {"temperature": repr(calibration["temperature"])} if calibration else {})
         save_weights(model, self.config.model, out_dir / "model.safetensors", extra=extra)
         summary = self.summary(final, calibration)

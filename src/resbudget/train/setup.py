@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from ..data import CIFAR10, Split, load_dataset, normalize, stratified_split
+from ..data import Dataset, Split, count_classes, normalize, stratified_split
 from ..models import ResNet, build_model, summarize
 from ..models.budget import Summary as ModelSummary
 from ..models.prepare import prepare_, whiten_stem_
@@ -18,7 +18,7 @@ from .fit import images_kept
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening filters
 
 
-def prepare_splits(config: Config, data: CIFAR10, device: torch.device) -> tuple[Split, Split | None, Split | None]:
+def prepare_splits(config: Config, data: Dataset, device: torch.device) -> tuple[Split, Split | None, Split | None]:
     """(train, validation or None, test or None) on ``device``: the validation split carved from the training set,
     and the smoke-test limits applied. The test split is None where the data came without one (a search trial)."""
     d = config.data
@@ -61,7 +61,7 @@ class Prepared:
     params: int
     model: ResNet
     model_summary: ModelSummary
-    data: CIFAR10
+    data: Dataset
     train: Split
     val: Split | None
     test: Split | None
@@ -76,19 +76,26 @@ class Prepared:
         return self.val, "validation"
 
 
-def prepare_run(config: Config, params: int, data: CIFAR10 | str | os.PathLike | None,
-                device: torch.device) -> Prepared:
-    """Build and initialise the net, load the data (``data``: loaded, or where it is), and whiten the stem."""
+def fit_to_data(config: Config, data: Dataset | str | os.PathLike | None) -> Config:
+    """The config with its net's head sized for the classes of ``data`` (a data set, or where it is: counted without
+    decoding it), which the parameter budget counts."""
+    classes = count_classes(data)
+    if config.model.num_classes == classes:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=classes))
+
+
+def prepare_run(config: Config, params: int, data: Dataset, device: torch.device) -> Prepared:
+    """Build and initialise the net, put the data's splits on the device, and whiten the stem."""
     t = config.train
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes (the partial batch is dropped): tune once
     model = initial_model(config)
     model_summary = summarize(config.model, model)
-    data = load_dataset(data)
     train, val, test = prepare_splits(config, data, device)
     whiten_start = time.perf_counter()
     if t.whiten_init:  # needs the data, so after the budget check; it draws no random numbers
-        whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES]), t.whiten_eps)
+        whiten_stem_(model, normalize(train.images[:WHITEN_IMAGES], train.norm), t.whiten_eps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     whiten_seconds = time.perf_counter() - whiten_start

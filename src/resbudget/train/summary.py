@@ -81,6 +81,8 @@ class RunSummary:
     git_dirty: bool | None = None  # uncommitted changes: git_commit alone does not name the code that ran
     data_source: str | None = None  # where the data was read from
     data_checksums: dict[str, str] | None = None  # file -> "algorithm:digest", each verified when it was read
+    classes: list[str] | None = None  # the data's class names: label i is classes[i]
+    normalization: dict[str, list[float]] | None = None  # the per-channel mean and std its images were standardised by
     plateau_watched_test: bool | None = None  # the schedule read test accuracy (the study's way)
     notes: list[str] = dataclasses.field(default_factory=list)  # what limits how far the numbers can be trusted
     warnings: list[str] = dataclasses.field(default_factory=list)  # the net's (models/budget.py)
@@ -207,5 +209,6 @@ def summarize_run(run: Prepared, state: TrainingState, rows: list[dict[str, Any]
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         host_cpu=host_cpu(), torch_version=torch.__version__, seed=config.train.seed,
         git_commit=commit, git_dirty=dirty, data_source=run.data.source, data_checksums=run.data.checksums,
+        classes=list(run.data.classes), normalization=run.data.norm.to_dict(),
         plateau_watched_test=config.watches_test, notes=run_notes(config), warnings=run.model_summary.warnings,
         config=config_to_dict(config))

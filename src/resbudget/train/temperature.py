@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .._io import read_toml
-from ..data import CIFAR10, Split, load_dataset, stratified_split
+from ..data import Dataset, Split, load_dataset, stratified_split
 from ..models import ResNet
 from .calibration import TEMPERATURE_RANGE, before_and_after, fit_temperature, temperature_in_range
 from .checkpoint import CheckpointError, model_from_weights, read_weights, save_weights
@@ -52,7 +52,7 @@ def fit_and_report(model: ResNet, val: Split, t: TrainConfig, logits: torch.Tens
             "val_images": len(val), **before_and_after(logits, val.labels, temperature, "val")}
 
 
-def calibrate_run(run_dir: str | os.PathLike, *, data: CIFAR10 | str | os.PathLike | None = None,
+def calibrate_run(run_dir: str | os.PathLike, *, data: Dataset | str | os.PathLike | None = None,
                   device: str = "auto", allow_unfinished: bool = False,
                   temperature: float | None = None) -> dict[str, Any]:
     """Fit the temperature of a finished run on its own validation split (``data.val_size`` images carved from the
@@ -81,7 +81,7 @@ def calibrate_run(run_dir: str | os.PathLike, *, data: CIFAR10 | str | os.PathLi
         spec, tensors, metadata = read_weights(weights)
         model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
         if temperature is None:
-            data = load_dataset(data)
+            data = load_dataset(data, spec.image_size)
             _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
             dev = select_device(device)
             result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train)
