@@ -6,7 +6,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
+from resbudget.data import CLASSES, load_dataset
 from resbudget.train import RunFolderError, train_run
 
 from .conftest import TINY_SETS, tiny_config
@@ -117,7 +119,16 @@ def test_eval_writes_its_figure_with_json_and_names_the_file_it_wrote(run_dir, t
     data = ["--data-dir", str(synthetic_dir)]
     code, out, err = run(capsys, "eval", str(run_dir), *data, "--json", "--figure", str(tmp_path / "r.png"))
     assert code == 0, err
-    assert json.loads(out)["test_accuracy"] >= 0  # stdout stays JSON
+    result = json.loads(out)  # stdout stays JSON
+    # the confusion matrix counts every test image, its diagonal the right ones; the mistakes listed are mistakes
+    confusion = torch.tensor(result["confusion"])
+    assert int(confusion.sum()) == result["images"] and confusion.trace() / result["images"] == pytest.approx(
+        result["test_accuracy"])
+    mistakes = result["mistakes"]
+    assert mistakes and all(m["true"] != m["predicted"] for m in mistakes)
+    assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes), reverse=True)
+    labels = load_dataset(synthetic_dir).test.labels
+    assert all(CLASSES[int(labels[m["index"]])] == m["true"] for m in mistakes)
     assert (tmp_path / "r.png").is_file() and f"written to {tmp_path / 'r.png'}" in err
     code, out, err = run(capsys, "eval", str(run_dir), *data, "--figure", str(tmp_path / "plain"))
     assert code == 0 and f"written to {tmp_path / 'plain.png'}\n" in out and (tmp_path / "plain.png").is_file()

@@ -29,7 +29,20 @@ def test_progress_in_a_terminal_redraws_one_line(monkeypatch):
     p.step(1, 10, 10, 0.5)
     p.epoch(ROW)
     text = stream.getvalue()
-    assert text.startswith("\repoch 1/3 [") and "10/10 loss 0.5000" in text and text.endswith("100 img/s\n")
+    assert text.startswith("\r\x1b[2Kepoch 1/3 [") and "10/10 loss 0.5000" in text and text.endswith("100 img/s\n")
+
+
+def test_progress_in_a_terminal_estimates_the_epochs_end_from_its_steps(monkeypatch):
+    from resbudget.train import metrics
+
+    monkeypatch.setenv("TERM", "xterm")
+    clock = iter([100.0, 102.0, 104.0])  # the first step ends at 100 s, then a step takes 2 s
+    monkeypatch.setattr(metrics, "monotonic", lambda: next(clock))
+    stream = FakeTTY()
+    p = Progress(3, stream=stream)
+    for step in (1, 2, 3):
+        p.step(1, step, 10, 0.5)
+    assert stream.getvalue().endswith("3/10 loss 0.5000  ~14 s left")  # 7 steps of 2 s
 
 
 def test_progress_disabled_prints_nothing():

@@ -207,3 +207,14 @@ def test_eval_refuses_data_with_another_number_of_classes(folders, tmp_path, syn
     train_run(tiny_config("train.epochs=1", "train.batch_size=32"), tmp_path / "run", data=root, progress=False)
     assert main(["eval", str(tmp_path / "run"), "--data-dir", str(synthetic_dir)]) == 2
     assert "the net tells 3 classes apart, the data set has 10" in capsys.readouterr().err
+
+
+def test_eval_without_data_reads_what_the_run_recorded_and_refuses_it_once_changed(folders, tmp_path, capsys):
+    root, x, _ = folders
+    train_run(tiny_config("train.epochs=1", "train.batch_size=32"), tmp_path / "run", data=root, progress=False)
+    assert read_summary(tmp_path / "run" / "summary.json").data_path == str(root.resolve())
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0  # no --data-dir: the folders it trained on
+    assert json.loads(capsys.readouterr().out)["per_class"][0]["class"] == "cat"
+    Image.fromarray(255 - x[0]).save(root / "train" / "cat" / "00000.png")
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "is no longer the data the run was trained on (its checksums differ)" in capsys.readouterr().err

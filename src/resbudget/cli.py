@@ -138,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train_for_minutes(args: argparse.Namespace) -> int:
     from .data import download_cifar10
+    from .data.load import count_training_images
     from .train import train_run
     from .train.deadline import TimeLimit
     from .train.folder import check_new_run_folder
@@ -153,7 +154,8 @@ def train_for_minutes(args: argparse.Namespace) -> int:
         download_cifar10(args.data_dir)
     try:
         config, record = plan(args.minutes, budget=args.budget, overrides=tuple(args.set or []),
-                              elapsed=time.perf_counter() - args.started)
+                              elapsed=time.perf_counter() - args.started,
+                              train_images=count_training_images(args.data_dir))
     except TimeBudgetError as e:
         if args.plan and e.record is not None:  # the table that shows why, then the one-line error
             print(format_plan(e.record))
@@ -189,10 +191,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  allow_unfinished=args.allow_unfinished,
                                  corruptions=CorruptionTest(args.images, args.seed) if args.corruptions else None)
     if figure is not None:
-        from .report import plot_reliability
+        from .data import load_dataset
+        from .report import plot_evaluation
 
-        written = plot_reliability(result["calibration"], figure, str(args.checkpoint))
-        print(f"reliability diagram written to {written}", file=sys.stderr if args.json else sys.stdout)
+        images = load_dataset(args.data_dir or result["data_path"], result["image_size"]).test.images.numpy()
+        written = plot_evaluation(result, images, figure, str(args.checkpoint))
+        print(f"reliability, confusion and mistakes written to {written}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -466,6 +470,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_page(args: argparse.Namespace) -> int:
+    from .report.page import page
+    from .train.evaluate import CorruptionTest
+
+    if args.out is not None and args.out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out {args.out}: a page is an .html file")
+    path = page(args.source, args.out, data=args.data_dir, device=args.device,
+                corruptions=CorruptionTest(args.images) if args.corruptions else None)
+    print(f"page written to {path}")
+    return 0
+
+
 def cmd_ensemble_train(args: argparse.Namespace) -> int:
     from .ensemble import train_ensemble, widest_member
     from .models.presets import ENSEMBLE_MEMBERS
@@ -636,6 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print", action="store_true", help="print report.md when done")
     s.set_defaults(func=cmd_report)
 
+    s = sub.add_parser("page", help="one self-contained HTML page of a run (or of a folder of runs): the net, the "
+                       "recipe, curves, accuracy, calibration, classes, mistakes, machine")
+    s.add_argument("source", metavar="RUN_DIR|RUNS_DIR")
+    s.add_argument("--out", type=Path, metavar="FILE.html", help="default: page.html in the folder")
+    s.add_argument("--data-dir", metavar="DIR", help="the data to evaluate a run on (default $RESBUDGET_DATA_DIR)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--corruptions", action="store_true", help="add the accuracy under 8 corruptions (--images)")
+    s.add_argument("--images", type=_number_in(1, 10_000), default=2000, metavar="N")
+    s.set_defaults(func=cmd_page)
+
     ens = sub.add_parser("ensemble", help="ensembles of several members under one budget")
     ens_sub = ens.add_subparsers(dest="ensemble_command", required=True)
     s = ens_sub.add_parser("train", help="train K members of one preset or config under one budget")
@@ -702,8 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=_number_in(1, 10_000), default=2000, metavar="N",
                    help="with --corruptions: the first N test images (default 2,000)")
     s.add_argument("--seed", type=SEED, default=0, help="with --corruptions: the seed of the random corruptions")
-    s.add_argument("--figure", type=Path, metavar="FILE.png", help="write the reliability diagram (confidence "
-                   "against accuracy per bin) to this PNG")
+    s.add_argument("--figure", type=Path, metavar="FILE.png", help="draw the reliability diagram (confidence "
+                   "against accuracy per bin), the confusion matrix and the most confident mistakes in this PNG")
     _add_eval_flags(s, "a checkpoint (or an ensemble's members together) above it is refused", cmd_eval)
     _add_unfinished_flag(s)
     return p

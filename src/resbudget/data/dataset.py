@@ -82,6 +82,7 @@ class Dataset:
     source: str  # where it was read from, for the record
     checksums: dict[str, str] = field(default_factory=dict)  # file -> "algorithm:digest", each verified on loading
     classes: tuple[str, ...] = CLASSES
+    path: str | None = None  # the absolute path it was read from (None: made in memory), which a run records
 
     def __post_init__(self) -> None:
         if self.test is not None and self.test.norm != self.train.norm:

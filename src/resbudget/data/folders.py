@@ -214,9 +214,11 @@ def load_arrays(path: str | os.PathLike, size: int = 32, check_only: bool = Fals
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz archive ({type(e).__name__}: {' '.join(str(e).split())})"
                         ) from None
-    if check_only:
-        return Dataset(Split(torch.empty(0, 3, size, size, dtype=torch.uint8), torch.from_numpy(arrays["y_train"])),
-                       None, str(path), classes=_archive_classes(path, arrays.get("classes"), _label_count(arrays)))
+    if check_only:  # the labels: a split of no images (its test split None where the archive has none)
+        empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
+        test = Split(empty, torch.from_numpy(arrays["y_test"])) if "y_test" in arrays else None
+        return Dataset(Split(empty, torch.from_numpy(arrays["y_train"])), test, str(path),
+                       classes=_archive_classes(path, arrays.get("classes"), _label_count(arrays)))
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test come together")
     classes = _archive_classes(path, arrays.get("classes"), _label_count(arrays))

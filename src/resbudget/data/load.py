@@ -10,8 +10,10 @@ import torch
 
 from .cifar10 import load_cifar10, resolve_data_dir
 from .dataset import CLASSES, Dataset, Split
-from .folders import is_image_folders, list_classes, load_arrays, load_image_folders
+from .folders import HELD_OUT, is_image_folders, list_classes, list_image_folders, load_arrays, load_image_folders
 from .images import resize_images
+
+CIFAR10_TRAIN_IMAGES = 50_000
 
 
 def load_dataset(data: Dataset | str | os.PathLike | None = None, image_size: int = 32) -> Dataset:
@@ -21,10 +23,12 @@ def load_dataset(data: Dataset | str | os.PathLike | None = None, image_size: in
     if not isinstance(data, Dataset):
         path = resolve_data_dir(data)
         if path.suffix.lower() == ".npz":
-            return load_arrays(path, image_size)
-        if is_image_folders(path):
-            return load_image_folders(path, image_size)
-        data = load_cifar10(data)
+            loaded = load_arrays(path, image_size)
+        elif is_image_folders(path):
+            loaded = load_image_folders(path, image_size)
+        else:
+            loaded = load_cifar10(data)
+        data = dataclasses.replace(loaded, path=str(path.resolve()))
     return resized(data, image_size)
 
 
@@ -39,6 +43,21 @@ def count_classes(data: Dataset | str | os.PathLike | None = None) -> int:
     if is_image_folders(path):
         return len(list_classes(path))
     return len(CLASSES)
+
+
+def count_training_images(data: Dataset | str | os.PathLike | None = None) -> int:
+    """How many training images the data set at ``data`` has (its held-out test share not counted), found without
+    decoding it (CIFAR-10: 50,000, without looking): what a time limit's prediction scales with."""
+    if isinstance(data, Dataset):
+        return len(data.train)
+    path = resolve_data_dir(data)
+    if path.suffix.lower() == ".npz":
+        arrays = load_arrays(path, check_only=True)
+        return len(arrays.train) if arrays.test is not None else round(len(arrays.train) * (1 - HELD_OUT))
+    if is_image_folders(path):
+        listing = list_image_folders(path)
+        return len(listing.train) if listing.test is not None else round(len(listing.train) * (1 - HELD_OUT))
+    return CIFAR10_TRAIN_IMAGES
 
 
 def resized(data: Dataset, image_size: int) -> Dataset:

@@ -14,6 +14,7 @@ from .figures import (
     plot_architecture,
     plot_comparison,
     plot_curves,
+    plot_evaluation,
     plot_reliability,
 )
 from .tables import csv_table, markdown_table, top3_table
@@ -47,4 +48,4 @@ def build_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
 __all__ = ["ReportError", "Row", "Run", "build_report", "csv_table", "find_runs", "markdown_table",
            "figure_path", "plot_accuracy_time", "plot_architecture", "plot_comparison", "plot_curves",
-           "plot_reliability", "summarize_runs", "top3_table"]
+           "plot_evaluation", "plot_reliability", "summarize_runs", "top3_table"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: no display needed, safe in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -151,9 +153,55 @@ def plot_reliability(calibration: dict, path: Path, title: str = "") -> Path:
     """The reliability diagram of ``eval``'s ``calibration`` result: per confidence bin, the accuracy against the
     mean confidence (a calibrated net lies on the diagonal), bars sized by the share of images, the ECE in the
     legend; with the temperature where one was fitted."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    _draw_reliability(ax, calibration, title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_evaluation(result: dict, images: np.ndarray, path: Path, title: str = "") -> Path:
+    """``eval``'s result in one figure: the reliability diagram, the confusion matrix (rows the true class, each
+    cell's count and the row's share in colour) and the most confident mistakes (``images``: uint8 N x 3 x H x W, the
+    split the result's ``mistakes`` index)."""
+    fig = plt.figure(figsize=(15.5, 5.2))
+    grid = fig.add_gridspec(1, 3, width_ratios=(1, 1.15, 1.05), wspace=0.3)
+    _draw_reliability(fig.add_subplot(grid[0]), result["calibration"], "reliability")
+    classes = [c["class"] for c in result["per_class"]]
+    _draw_confusion(fig.add_subplot(grid[1]), np.array(result["confusion"]), classes)
+    _draw_mistakes(fig, grid[2], result["mistakes"], images)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _draw_confusion(ax, confusion: np.ndarray, classes: list[str]) -> None:  # noqa: ANN001 - a matplotlib Axes
+    shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if len(classes) <= 20:  # counts and names stay readable up to here
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=6 if len(classes) > 10 else 7,
+                    color="white" if shares[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion ({confusion.sum():,} images)")
+
+
+def _draw_mistakes(fig, cell, mistakes: list[dict], images: np.ndarray) -> None:  # noqa: ANN001
+    side = max(1, math.ceil(math.sqrt(len(mistakes))))
+    inner = cell.subgridspec(side, side, wspace=0.05, hspace=0.45)
+    for k, m in enumerate(mistakes):
+        ax = fig.add_subplot(inner[k // side, k % side])
+        ax.imshow(images[m["index"]].transpose(1, 2, 0))
+        ax.set_title(f"{m['true'][:9]}→{m['predicted'][:9]}\n{100 * m['probability']:.0f}%", fontsize=6, pad=2)
+        ax.axis("off")
+        if k == 0:
+            ax.text(0, -0.9, "most confident mistakes (true → predicted, probability)", fontsize=8,
+                    transform=ax.transAxes)
+
+
+def _draw_reliability(ax, calibration: dict, title: str = "") -> None:  # noqa: ANN001 - a matplotlib Axes
     bins = calibration["reliability"]
     n = sum(b["count"] for b in bins) or 1
-    fig, ax = plt.subplots(figsize=(4.8, 4.6))
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="calibrated")
     ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
            width=[(b["high"] - b["low"]) * 0.9 for b in bins], alpha=0.35, color="C0")
@@ -168,8 +216,6 @@ def plot_reliability(calibration: dict, path: Path, title: str = "") -> Path:
            title=title or "reliability (share of images per bin)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import read_toml
-from ..data import CLASSES, Dataset, Split, load_dataset, normalize
+from ..data import CLASSES, Dataset, Split, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..models import DEFAULT_BUDGET, count_params
 from .calibration import accuracy_at_coverage, before_and_after, calibration_metrics, reliability
 from .checkpoint import input_of, load_model, temperature_of
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
 from .errors import CheckpointError
-from .summary import read_summary, weights_path
+from .summary import load_run_data, read_summary, weights_path
 from .tta import mode_of_views, tta_view_logits
 
 
@@ -147,11 +147,27 @@ class CorruptionTest:
             raise ValueError(f"--images must be a positive number of test images, got {self.images}")
 
 
+MISTAKES = 16  # the most confident mistakes eval lists (and draws)
+
+
+def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, temperature: float, classes: tuple[str, ...],
+                       count: int = MISTAKES) -> list[dict[str, Any]]:
+    """The ``count`` wrong predictions made with the highest probability (``logits`` divided by ``temperature``, as
+    ``predict`` scores): each image's index in the split, its true and predicted class, and that probability."""
+    probs = (logits.float() / temperature).softmax(-1).cpu()
+    top, predicted = probs.max(-1)
+    wrong = (predicted != labels.cpu()).nonzero().squeeze(1)
+    order = wrong[torch.argsort(top[wrong], descending=True, stable=True)][:count]
+    return [{"index": int(i), "true": classes[int(labels[i])], "predicted": classes[int(predicted[i])],
+             "probability": float(top[i])} for i in order]
+
+
 def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.PathLike | None = None,
                         device: str = "auto", precision: str | None = None, model: nn.Module | None = None,
                         budget: int | None = DEFAULT_BUDGET, allow_unfinished: bool = False,
                         corruptions: CorruptionTest | None = None) -> dict[str, Any]:
-    """Test loss and accuracy of a run folder or a .safetensors checkpoint on the CIFAR-10 test set (``model``:
+    """Test loss and accuracy of a run folder or a .safetensors checkpoint on the test set of ``data`` (None: the
+    data its run recorded, if it is still there with the same checksums, else $RESBUDGET_DATA_DIR) (``model``:
     already loaded from ``path``, e.g. an ensemble, whose forward gives log-probabilities). A checkpoint over
     ``budget`` parameters is refused (None: any size is read). ``corruptions`` adds the table of
     :func:`evaluate_corruptions` on the first test images. The net is scored as its
@@ -160,7 +176,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.Pat
     ``test_accuracy_tta`` over the views. ``calibration`` judges the probabilities ``predict`` gives (the mean logits
     over the views, divided by the temperature): NLL and 15-bin ECE with and without the temperature, the accuracy
     at coverage and the reliability diagram's bins. ``per_class`` and ``confusion`` (:func:`class_report`) are of the
-    image alone, as ``test_accuracy`` is."""
+    image alone, as ``test_accuracy`` is; ``mistakes`` (:func:`confident_mistakes`) of the probabilities predict
+    gives."""
     is_ensemble_model, image_size = model is not None, 32
     if model is None:
         path = weights_path(path, allow_unfinished)
@@ -174,7 +191,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.Pat
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     temperature = 1.0 if is_ensemble_model else temperature_of(path)  # checked before the data loads
-    data = load_dataset(data, image_size)
+    data = load_run_data(path, data, image_size)
     if not is_ensemble_model:  # the net's own class names and input standardisation, as it was trained
         classes, norm = input_of(path)
         if len(classes) != len(data.classes):
@@ -191,12 +208,14 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.Pat
     result = {"checkpoint": str(path), "test_accuracy": alone["accuracy"], "test_loss": alone["nll"],
               "test_accuracy_tta": tta_accuracy if tta != "none" else None, "tta": tta,
               "views": len(views), "params": count_params(model), "images": len(data.test),
+              "image_size": data.image_size, "data_path": data.path,
               "precision": opts["precision"], "device": str(dev), "notes": [],
               "calibration": {"temperature": temperature, "views": len(views),
                               **before_and_after(logits, test.labels, temperature, "test"),
                               "accuracy_at_coverage": accuracy_at_coverage(logits, test.labels),
                               "reliability": reliability(logits, test.labels, temperature)}}
     result |= class_report(views[0], test.labels, data.classes)
+    result["mistakes"] = confident_mistakes(logits, test.labels, temperature, data.classes)
     if corruptions is not None:
         test = data.test.subset(slice(0, corruptions.images)).to(dev)
         result["robustness"] = evaluate_corruptions(model, test, seed=corruptions.seed, **opts)

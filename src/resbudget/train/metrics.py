@@ -16,6 +16,7 @@ import torch
 
 from .._io import read_jsonl, write_text
 
+monotonic = time.monotonic  # the progress line's clock (a test sets its own)
 COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
            "train_seconds", "images_per_s")
 
@@ -57,8 +58,8 @@ def _fmt(value: float | None, pct: bool = False) -> str:
 
 
 class Progress:
-    """In a terminal: one line redrawn in place during an epoch. Elsewhere (CI, pipes, notebooks): one line per
-    epoch."""
+    """In a terminal: one line redrawn in place during an epoch, with the time the epoch has left. Elsewhere (CI,
+    pipes, notebooks): one line per epoch."""
 
     def __init__(self, total_epochs: int, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -69,17 +70,25 @@ class Progress:
         except (AttributeError, ValueError):
             self.live = False
         self._last = 0.0
+        self._epoch, self._first_step = 0, 0.0  # the epoch under way, and when its first step ended
 
     def step(self, epoch: int, step: int, steps: int, loss: float | torch.Tensor) -> None:
-        """``loss`` may be a device tensor: it is read (a device sync) only when the line is redrawn."""
-        if not self.live or (time.monotonic() - self._last < 0.2 and step < steps):
+        """``loss`` may be a device tensor: it is read (a device sync) only when the line is redrawn. The epoch's end
+        is estimated from its own steps after the first (which carries one-time set-up)."""
+        if not self.live:
+            return
+        now = monotonic()
+        if epoch != self._epoch or step == 1:
+            self._epoch, self._first_step = epoch, now
+        if now - self._last < 0.2 and step < steps:
             return
         loss = float(loss)
-        self._last = time.monotonic()
+        self._last = now
         width = 24
         filled = int(width * step / steps)
-        self.stream.write(f"\repoch {epoch}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{step}/{steps} loss {loss:.4f}")
+        left = f"  ~{(now - self._first_step) / (step - 1) * (steps - step):.0f} s left" if 1 < step < steps else ""
+        self.stream.write(f"\r\x1b[2Kepoch {epoch}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{step}/{steps} loss {loss:.4f}{left}")
         self.stream.flush()
 
     def epoch(self, row: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._io import read_json, write_text
+from ..data import Dataset, load_dataset
 from ..version import __version__
 from .config import STUDY_MODE_NOTE, Config, config_to_dict
 from .errors import CheckpointError
@@ -79,7 +80,8 @@ class RunSummary:
     seed: int | None = None
     git_commit: str | None = None
     git_dirty: bool | None = None  # uncommitted changes: git_commit alone does not name the code that ran
-    data_source: str | None = None  # where the data was read from
+    data_source: str | None = None  # where the data was read from, in words
+    data_path: str | None = None  # the absolute path it was read from: what eval reads when given no data
     data_checksums: dict[str, str] | None = None  # file -> "algorithm:digest", each verified when it was read
     classes: list[str] | None = None  # the data's class names: label i is classes[i]
     normalization: dict[str, list[float]] | None = None  # the per-channel mean and std its images were standardised by
@@ -151,6 +153,28 @@ def write_summary(path: str | os.PathLike, summary: RunSummary) -> None:
     write_text(path, json.dumps(summary.to_dict(), indent=2) + "\n")
 
 
+def recorded_data(source: str | os.PathLike) -> RunSummary | None:
+    """The summary of the run that ``source`` (a run folder, or a checkpoint inside one) belongs to, where it records
+    a data path that still exists: the data to evaluate it on when none is given."""
+    source = Path(source)
+    summary = source / "summary.json" if source.is_dir() else source.parent / "summary.json"
+    if not summary.is_file():
+        return None
+    s = read_summary(summary)
+    return s if s.data_path and Path(s.data_path).exists() else None
+
+
+def load_run_data(source: str | os.PathLike, data: Dataset | str | os.PathLike | None, image_size: int) -> Dataset:
+    """``data`` loaded at ``image_size``; where it is None, the data the run of ``source`` recorded (if it is still
+    there, else $RESBUDGET_DATA_DIR), refused where its checksums are no longer the recorded ones."""
+    recorded = recorded_data(source) if data is None else None
+    loaded = load_dataset(recorded.data_path if recorded is not None else data, image_size)
+    if recorded is not None and recorded.data_checksums and loaded.checksums != recorded.data_checksums:
+        raise CheckpointError(f"{recorded.data_path} is no longer the data the run was trained on (its checksums "
+                              "differ); give the data to evaluate on with --data-dir")
+    return loaded
+
+
 def weights_path(source: str | os.PathLike, allow_unfinished: bool = False) -> Path:
     """The weights file of a checkpoint, or of a run folder (its model.safetensors). A run folder must be finished
     (its summary.json written, as the run's last act): an unfinished one's weights are those of an epoch before the
@@ -208,7 +232,8 @@ def summarize_run(run: Prepared, state: TrainingState, rows: list[dict[str, Any]
         capture_seconds=round(state.step.capture_seconds, 4), graph_fallback=state.step.fallback,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         host_cpu=host_cpu(), torch_version=torch.__version__, seed=config.train.seed,
-        git_commit=commit, git_dirty=dirty, data_source=run.data.source, data_checksums=run.data.checksums,
+        git_commit=commit, git_dirty=dirty, data_source=run.data.source, data_path=run.data.path,
+        data_checksums=run.data.checksums,
         classes=list(run.data.classes), normalization=run.data.norm.to_dict(),
         plateau_watched_test=config.watches_test, notes=run_notes(config), warnings=run.model_summary.warnings,
         config=config_to_dict(config))

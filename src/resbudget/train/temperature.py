@@ -10,14 +10,14 @@ from typing import Any
 import torch
 
 from .._io import read_toml
-from ..data import Dataset, Split, load_dataset, stratified_split
+from ..data import Dataset, Split, stratified_split
 from ..models import ResNet
 from .calibration import TEMPERATURE_RANGE, before_and_after, fit_temperature, temperature_in_range
-from .checkpoint import CheckpointError, model_from_weights, read_weights, save_weights
+from .checkpoint import CheckpointError, input_of, model_from_weights, read_weights, save_weights
 from .config import TrainConfig, config_from_dict
 from .evaluate import eval_options, select_device, view_logits
 from .folder import lock_run_folder
-from .summary import read_summary, weights_path, write_summary
+from .summary import load_run_data, read_summary, weights_path, write_summary
 
 RECIPE_SOURCE = "the recipe's (train.temperature: fitted on validation splits of runs of this recipe)"
 
@@ -81,10 +81,11 @@ def calibrate_run(run_dir: str | os.PathLike, *, data: Dataset | str | os.PathLi
         spec, tensors, metadata = read_weights(weights)
         model = model_from_weights(spec, tensors, weights, allow_over_budget=True)
         if temperature is None:
-            data = load_dataset(data, spec.image_size)
-            _, val_idx = stratified_split(data.train.labels, config.data.val_size, config.data.val_seed)
+            train = load_run_data(run_dir, data, spec.image_size).train
+            _, val_idx = stratified_split(train.labels, config.data.val_size, config.data.val_seed)
+            val = Split(train.images[val_idx], train.labels[val_idx], input_of(weights)[1])  # as the net was trained
             dev = select_device(device)
-            result = fit_and_report(model.to(dev), data.train.subset(val_idx).to(dev), config.train)
+            result = fit_and_report(model.to(dev), val.to(dev), config.train)
         else:
             result = {"temperature": temperature, "source": "given (resbudget calibrate --temperature)"}
         extra = {k: v for k, v in metadata.items() if k not in ("format", "spec")}

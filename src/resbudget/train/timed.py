@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .._io import read_toml
+from ..data.load import CIFAR10_TRAIN_IMAGES
 from ..models import check_spec
 from .config import Config, ConfigError, load_config, parse_override, scale_epochs
 from .evaluate import select_device
@@ -31,7 +32,7 @@ from .step import WARMUP_STEPS, TrainStep
 
 FRONT = Path(__file__).resolve().parent / "front.toml"
 MARGIN = 0.9  # a point is chosen if its predicted run takes at most this fraction of the time left
-TRAIN_IMAGES = 50_000
+TRAIN_IMAGES = CIFAR10_TRAIN_IMAGES  # the front's times were measured on CIFAR-10
 EVAL_SHARE = 0.07  # the default's final evaluation (4 TTA views of the test set) against its training steps (CPU)
 OVERHEAD_SECONDS = 5.0  # loading the data, whitening, writing the results
 PROBE_STEPS = 2  # timed steps of the default net, after the warm-up ones (a CUDA graph's capture among them)
@@ -134,12 +135,14 @@ def predicted_seconds(point: Point, config: Config, device_kind: str, default_se
 def plan(minutes: float, *, device: torch.device | None = None, budget: int | None = None,
          overrides: tuple[str, ...] = (),
          elapsed: float = 0.0, step_seconds: float | None = None,
-         probe: Callable[[torch.device], float] | None = None) -> tuple[Config, dict[str, Any]]:
+         probe: Callable[[torch.device], float] | None = None, train_images: int = TRAIN_IMAGES
+         ) -> tuple[Config, dict[str, Any]]:
     """(config, record) for a run that must end within ``minutes`` of its start, ``elapsed`` seconds of which are
     spent (the process's start, the data). ``step_seconds``: the default's step time here, if known (else measured by
     ``probe``, whose time counts too). ``budget``: only recipes with at most that many parameters. ``overrides``:
-    ``--set`` values among :data:`FREE_KEYS`; ``device``: default, the one ``train.device`` names. The record says
-    what was chosen, why, and what it predicted."""
+    ``--set`` values among :data:`FREE_KEYS`; ``device``: default, the one ``train.device`` names.
+    ``train_images``: the data set's (a run's time grows with them; the front was measured on CIFAR-10's). The
+    record says what was chosen, why, and what it predicted."""
     if not (minutes > 0 and math.isfinite(minutes)):
         raise TimeBudgetError(f"--minutes must be a positive number, got {minutes}")
     for text in overrides:
@@ -164,13 +167,14 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
     if step_seconds is None:
         step_seconds = (probe or probe_step_seconds)(device)
     elapsed += time.perf_counter() - start
-    default_seconds = default_run_seconds(step_seconds)
+    default_seconds = default_run_seconds(step_seconds) * train_images / TRAIN_IMAGES
     left = minutes * 60 - elapsed
     candidates = [(p, c, n, predicted_seconds(p, c, kind, default_seconds)) for p, c, n in within]
     fitting = [c for c in candidates if c[3] <= MARGIN * left]
     record: dict[str, Any] = {
         "minutes": minutes, "device_kind": kind, "probe_step_seconds": round(step_seconds, 4),
         "default_run_seconds": round(default_seconds, 1), "seconds_before_training": round(elapsed, 1),
+        "train_images": train_images,
         "candidates": [{"name": p.name, "params": n, "accuracy_tta": p.accuracy_tta,
                         "predicted_seconds": round(s, 1)} for p, _, n, s in candidates],
     }
@@ -178,7 +182,8 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
         point, config, params, seconds = max(fitting, key=lambda c: c[0].accuracy_tta)
         why = (f"the most accurate measured recipe predicted to fit: {seconds:.0f} s of the {left:.0f} s left "
                f"(at most {MARGIN:.0%} of them)")
-        expected = f"{point.accuracy_tta:.2f} ± {point.std:.2f}% with TTA over {point.seeds} seeds"
+        expected = f"{point.accuracy_tta:.2f} ± {point.std:.2f}% with TTA over {point.seeds} seeds" + (
+            " on CIFAR-10" if train_images != TRAIN_IMAGES else "")
     else:
         point, config, params, seconds = min(candidates, key=lambda c: c[3])
         config, seconds = cut_to_fit(point, config, kind, default_seconds, MARGIN * left)
