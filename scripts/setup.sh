@@ -10,4 +10,4 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[test,deploy,search,postgres]"
+.venv/bin/python -m pip install -q -e ".[test,deploy,search,postgres,tensorboard]"

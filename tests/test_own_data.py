@@ -218,3 +218,21 @@ def test_eval_without_data_reads_what_the_run_recorded_and_refuses_it_once_chang
     Image.fromarray(255 - x[0]).save(root / "train" / "cat" / "00000.png")
     assert main(["eval", str(tmp_path / "run")]) == 2
     assert "is no longer the data the run was trained on (its checksums differ)" in capsys.readouterr().err
+
+
+def test_calibrate_ensemble_corruptions_and_a_time_plan_work_on_own_folders(folders, tmp_path, capsys):
+    root, _, _ = folders
+    tiny = ["--set", "model.stem_width=8", "--set", "model.stage_widths=[8,16]", "--set", "model.stage_blocks=[1,1]",
+            "--set", "model.stage_strides=[1,2]", "--set", "train.epochs=1", "--set", "train.batch_size=32"]
+    # a run with a validation split fits its own temperature; calibrate fits it again on the same images
+    assert main(["train", "shallow", *tiny, "--set", "data.val_size=30", "--data-dir", str(root), "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["calibrate", str(tmp_path / "run")]) == 0  # no --data-dir: the folders the run recorded
+    assert "temperature" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run"), "--corruptions", "--images", "30", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["robustness"]["images"] == 30
+    assert main(["ensemble", "train", "shallow", "--members", "2", *tiny, "--data-dir", str(root), "--out",
+                 str(tmp_path / "ens"), "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["members"]
+    assert main(["train", "--minutes", "5", "--plan", "--data-dir", str(root)]) == 0
+    assert "on CIFAR-10" in capsys.readouterr().out  # the front's accuracies are CIFAR-10's, and it says so

@@ -17,7 +17,8 @@ from tests.conftest import tiny_config
 
 @pytest.fixture
 def finished(tmp_path, small_cifar):
-    train_run(tiny_config("train.epochs=2"), tmp_path / "runs" / "a" / "seed0", data=small_cifar, progress=False)
+    train_run(tiny_config("train.epochs=2", "train.tta=flip"), tmp_path / "runs" / "a" / "seed0", data=small_cifar,
+              progress=False)
     return tmp_path / "runs" / "a" / "seed0"
 
 
@@ -46,8 +47,8 @@ def test_a_runs_page_shows_its_summary_and_evaluation_as_they_are(finished, smal
 
 
 def test_a_folder_of_runs_gets_one_page_and_the_cli_names_it(finished, small_cifar, tmp_path, capsys):
-    train_run(tiny_config("train.epochs=2", "train.seed=1"), tmp_path / "runs" / "a" / "seed1", data=small_cifar,
-              progress=False)
+    train_run(tiny_config("train.epochs=2", "train.tta=flip", "train.seed=1"), tmp_path / "runs" / "a" / "seed1",
+              data=small_cifar, progress=False)
     path = runs_page([tmp_path / "runs"], tmp_path / "runs.html", title="two seeds")
     text = path.read_text()
     _self_contained(text)
@@ -73,3 +74,20 @@ def test_the_page_renders_in_headless_chromium_without_console_errors(finished, 
     assert shot.is_file() and shot.stat().st_size > 10_000
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, json.dumps(console)
+
+
+def test_train_writes_its_epochs_as_tensorboard_scalars_equal_to_its_metrics(tmp_path, synthetic_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb-run"
+    assert main(["train", "shallow", "--set", "model.stage_widths=[8,16]", "--set", "model.stage_blocks=[1,1]",
+                 "--set", "model.stage_strides=[1,2]", "--set", "model.stem_width=8", "--set", "train.epochs=2",
+                 "--set", "train.batch_size=64", "--set", "data.train_limit=256", "--data-dir", str(synthetic_dir),
+                 "--out", str(run), "--quiet", "--tensorboard", str(tmp_path / "tb")]) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "tb-run"))
+    events.Reload()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [(e.step, e.value) for e in events.Scalars("loss/train")]
+    assert logged == [(r["epoch"], pytest.approx(r["train_loss"])) for r in rows]
+    assert [e.step for e in events.Scalars("lr")] == [1, 2]

@@ -39,7 +39,7 @@ def test_more_time_buys_a_more_accurate_recipe_and_each_is_predicted_to_fit():
 def test_a_smaller_data_set_is_predicted_to_train_faster_and_buys_a_more_accurate_recipe():
     _, full = plan(5, device=CPU, step_seconds=STEP)
     _, small = plan(5, device=CPU, step_seconds=STEP, train_images=10_000)
-    assert small["default_run_seconds"] == pytest.approx(full["default_run_seconds"] / 5, rel=1e-3)
+    assert small["default_run_seconds"] == pytest.approx(full["default_run_seconds"] / 5, abs=0.1)  # rounded
     accuracy = {r["chosen"]: r["expected_accuracy"] for r in (full, small)}
     assert next(c["accuracy_tta"] for c in small["candidates"] if c["name"] == small["chosen"]) >= next(
         c["accuracy_tta"] for c in full["candidates"] if c["name"] == full["chosen"])

@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import _clock
@@ -129,11 +129,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{(config.preset if config and config.preset else 'custom')}-{stamp}"
-    summary = train_run(config, out, data=args.data_dir, resume=args.resume,
-                        allow_over_budget=args.allow_over_budget, progress=not args.quiet)
+    with _tensorboard(args, Path(out)) as hook:
+        summary = train_run(config, out, data=args.data_dir, resume=args.resume,
+                            allow_over_budget=args.allow_over_budget, progress=not args.quiet, on_epoch_end=hook)
     if args.json:
         print(json.dumps({k: v for k, v in summary.to_dict().items() if k != "config"}, indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def _tensorboard(args: argparse.Namespace, out: Path) -> Iterator[Callable[[int, dict], None] | None]:
+    """The ``--tensorboard`` hook of a run (None without it), closed when the run ends."""
+    if args.tensorboard is None:
+        yield None
+        return
+    from .train.tensorboard import TensorBoardLog
+
+    log = TensorBoardLog(args.tensorboard, out.name)
+    try:
+        yield log
+    finally:
+        log.close()
 
 
 def train_for_minutes(args: argparse.Namespace) -> int:
@@ -167,8 +183,10 @@ def train_for_minutes(args: argparse.Namespace) -> int:
         epochs = f"{record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}"
         print(f"--minutes {args.minutes:g}: {record['chosen']}, {epochs}, {record['params']:,} "
               f"params: {record['why']}; expected {record['expected_accuracy']}", flush=True)
-    summary = train_run(config, out, data=args.data_dir, allow_over_budget=args.allow_over_budget,
-                        progress=not args.quiet, time_limit=TimeLimit(args.minutes * 60, args.started, record))
+    with _tensorboard(args, Path(out)) as hook:
+        summary = train_run(config, out, data=args.data_dir, allow_over_budget=args.allow_over_budget,
+                            progress=not args.quiet, on_epoch_end=hook,
+                            time_limit=TimeLimit(args.minutes * 60, args.started, record))
     if args.json:
         print(json.dumps({k: v for k, v in summary.to_dict().items() if k != "config"}, indent=2))
     return 0
@@ -581,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --minutes: print each recipe's predicted time here and the choice; train nothing")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
+    s.add_argument("--tensorboard", type=Path, metavar="DIR", help="also write each epoch's metrics as TensorBoard "
+                   "scalars under DIR/RUN_NAME (the tensorboard extra)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("study", help="run a study's experiments (e.g. paper), resumably, optionally at fewer epochs")

@@ -98,7 +98,7 @@ def run_page(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
         "<h2>The net</h2>",
         _table([["preset", s.preset or "custom"], ["parameters", f"{s.params:,}"],
                 ["MACs per image", f"{s.macs:,}"], ["input", f"3 × {spec.image_size} × {spec.image_size}"],
-                ["classes", ", ".join(s.classes or [])],
+                ["classes", ", ".join(c["class"] for c in result["per_class"])],
                 *([k, v] for k, v in spec.to_dict().items() if k not in ("num_classes", "image_size"))]),
         _png(plot_architecture, spec, s.preset or "custom"),
         "<h2>The recipe</h2>",
