@@ -22,14 +22,16 @@ from .figures import plot_architecture, plot_comparison, plot_curves, plot_evalu
 from .tables import markdown_table, top3_table
 
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; color: #222; padding: 0 1em; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; padding: 0 1em;
+       color: rgb(34 34 34); }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.6em 0; } td, th { padding: 0.2em 0.7em; border-bottom: 1px solid #eee; }
-th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; } .muted { color: #666; } .big { font-size: 1.5em; font-weight: 600; }
+h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid rgb(221 221 221); }
+table { border-collapse: collapse; margin: 0.6em 0; }
+td, th { padding: 0.2em 0.7em; border-bottom: 1px solid rgb(238 238 238); }
+th { text-align: left; background: rgb(246 246 246); } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; } .muted { color: rgb(102 102 102); } .big { font-size: 1.5em; font-weight: 600; }
 .cards { display: flex; gap: 1.2em; flex-wrap: wrap; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 1em; }
+.card { border: 1px solid rgb(221 221 221); border-radius: 6px; padding: 0.6em 1em; }
 """
 
 
