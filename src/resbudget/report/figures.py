@@ -169,8 +169,9 @@ def plot_evaluation(result: dict, images: np.ndarray, path: Path, title: str = "
     classes = [c["class"] for c in result["per_class"]]
     _draw_confusion(fig.add_subplot(grid[1]), np.array(result["confusion"]), classes)
     _draw_mistakes(fig, grid[2], result["mistakes"], images)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title + ': ' if title else ''}reliability · confusion · the most confident mistakes (true → "
+                 "predicted, probability)", fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.2, top=0.86)
     return _save(fig, path)
 
 
@@ -194,9 +195,6 @@ def _draw_mistakes(fig, cell, mistakes: list[dict], images: np.ndarray) -> None:
         ax.imshow(images[m["index"]].transpose(1, 2, 0))
         ax.set_title(f"{m['true'][:9]}→{m['predicted'][:9]}\n{100 * m['probability']:.0f}%", fontsize=6, pad=2)
         ax.axis("off")
-        if k == 0:
-            ax.text(0, -0.9, "most confident mistakes (true → predicted, probability)", fontsize=8,
-                    transform=ax.transAxes)
 
 
 def _draw_reliability(ax, calibration: dict, title: str = "") -> None:  # noqa: ANN001 - a matplotlib Axes

@@ -44,8 +44,8 @@ def _png(draw, *args: Any) -> str:  # noqa: ANN001 - a figure function of report
 
 
 def _table(rows: list[list[Any]], header: list[str] | None = None) -> str:
-    def cell(v: Any, tag: str) -> str:
-        numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+    def cell(v: Any, tag: str) -> str:  # numbers right-aligned in a table of columns, not in a list of values
+        numeric = isinstance(v, (int, float)) and not isinstance(v, bool) and header is not None
         return f"<{tag}{' class=n' if numeric and tag == 'td' else ''}>{html.escape(str(v))}</{tag}>"
 
     head = f"<tr>{''.join(cell(h, 'th') for h in header)}</tr>" if header else ""
