@@ -236,3 +236,14 @@ def test_calibrate_ensemble_corruptions_and_a_time_plan_work_on_own_folders(fold
     assert json.loads(capsys.readouterr().out)["members"]
     assert main(["train", "--minutes", "5", "--plan", "--data-dir", str(root)]) == 0
     assert "on CIFAR-10" in capsys.readouterr().out  # the front's accuracies are CIFAR-10's, and it says so
+
+
+def test_a_file_too_large_to_be_an_image_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from resbudget import _io
+
+    x, y = _images(30, 5)
+    _write_folders(tmp_path / "d", "train", x, y)
+    (tmp_path / "d" / "train" / "cat" / "huge.png").write_bytes(b"\0" * 5000)
+    monkeypatch.setitem(_io.MAX_BYTES, "image", 4096)
+    with pytest.raises(DataError, match="huge.png: 5,000 bytes, over the 4,096 an image file may have"):
+        load_image_folders(tmp_path / "d")

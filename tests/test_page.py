@@ -91,3 +91,18 @@ def test_train_writes_its_epochs_as_tensorboard_scalars_equal_to_its_metrics(tmp
     logged = [(e.step, e.value) for e in events.Scalars("loss/train")]
     assert logged == [(r["epoch"], pytest.approx(r["train_loss"])) for r in rows]
     assert [e.step for e in events.Scalars("lr")] == [1, 2]
+
+
+def test_an_ensembles_folder_gets_its_own_accuracies_then_its_members_and_their_fronts(tmp_path, small_cifar):
+    from resbudget.ensemble import train_ensemble
+    from resbudget.report.page import page
+
+    summary = train_ensemble(tiny_config("train.epochs=1"), tmp_path / "ens", members=2, budget=200_000,
+                             data=small_cifar, progress=False)
+    text = page(tmp_path / "ens").read_text()
+    _self_contained(text)
+    shown = html.unescape(text)
+    assert "<h2>The ensemble</h2>" in text and f"{100 * summary['oracle']:.2f}%" in shown
+    for rule, accuracy in summary["rules"].items():
+        assert f"rule: {rule}</td><td>{100 * accuracy:.2f}%" in shown
+    assert "<h2>Fronts: accuracy against size and time</h2>" not in text  # one experiment (two seeds): no front

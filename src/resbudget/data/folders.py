@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import MAX_BYTES
 from .cifar10 import DataError, stratified_split
 from .dataset import Dataset, Normalization, Split
 from .images import ImageError, load_image, resize_images
@@ -132,9 +133,12 @@ def _fingerprint(files: list[tuple[Path, int]], root: Path) -> str:
     """sha256 over every file's path (within ``root``), label and content: what a cache is checked against."""
     h = hashlib.sha256()
     for path, label in files:
+        if path.stat().st_size > MAX_BYTES["image"]:  # before reading it: an image file is never this large
+            raise DataError(f"{path}: {path.stat().st_size:,} bytes, over the {MAX_BYTES['image']:,} an image file "
+                            "may have; remove it or move it out of the data set")
         h.update(f"{path.relative_to(root).as_posix()}\0{label}\0".encode())
         with open(path, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
+            h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()
 
 

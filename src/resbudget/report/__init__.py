@@ -15,6 +15,7 @@ from .figures import (
     plot_comparison,
     plot_curves,
     plot_evaluation,
+    plot_fronts,
     plot_reliability,
 )
 from .tables import csv_table, markdown_table, top3_table
@@ -48,4 +49,4 @@ def build_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
 __all__ = ["ReportError", "Row", "Run", "build_report", "csv_table", "find_runs", "markdown_table",
            "figure_path", "plot_accuracy_time", "plot_architecture", "plot_comparison", "plot_curves",
-           "plot_evaluation", "plot_reliability", "summarize_runs", "top3_table"]
+           "plot_evaluation", "plot_fronts", "plot_reliability", "summarize_runs", "top3_table"]

@@ -77,6 +77,32 @@ def plot_comparison(rows: list[Row], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_fronts(rows: list[Row], path: Path) -> Path:
+    """Each experiment's accuracy (mean over seeds) against its parameters and against its time per run, the runs
+    that no other beats in both (the Pareto front) joined by a line."""
+    done = [r for r in rows if r.accuracies]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "params", "parameters"), (axes[1], "wall_seconds", "time per run (s)")):
+        points = sorted((getattr(r, key), r.mean, r.experiment) for r in done)
+        front, best = [], -math.inf
+        for x, y, _ in points:  # cheapest first: a point is on the front if it beats every cheaper one
+            if y > best:
+                front.append((x, y))
+                best = y
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="#4c72b0", alpha=0.7)
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="#dd8452", marker="o", label="front")
+        for x, y, name in points:
+            if (x, y) in front:
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.set(xlabel=label, ylabel="accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    marks = "validation accuracy (search trials)" if all(r.validation_only for r in done) else "test accuracy"
+    fig.suptitle(f"{marks}, mean over seeds", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
     """Stem, stages (blocks, width, stride, output size, shortcut), pooling and head, top to bottom."""
     sizes = stage_sizes(spec)

@@ -12,13 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._io import read_jsonl, write_text
+from .._io import read_json, read_jsonl, write_text
 from ..data import load_dataset
 from ..models import ModelSpec
 from ..train import evaluate_checkpoint, read_summary
 from ..train.evaluate import CorruptionTest
 from .collect import ReportError, find_runs, summarize_runs
-from .figures import plot_architecture, plot_comparison, plot_curves, plot_evaluation
+from .figures import plot_architecture, plot_comparison, plot_curves, plot_evaluation, plot_fronts
 from .tables import markdown_table, top3_table
 
 STYLE = """
@@ -142,18 +142,23 @@ def _calibration(result: dict[str, Any]) -> str:
                    ["ECE (15 bins), without / with it", f"{c['test_ece']:.4f} / {c['test_ece_calibrated']:.4f}"]])
 
 
-def runs_page(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *, title: str = "resbudget runs") -> Path:
+def runs_page(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *, title: str = "resbudget runs",
+              ensemble: dict[str, Any] | None = None) -> Path:
     """The page of a set of finished runs (a study, a search's trials, an ensemble's members): one row per experiment
-    (mean ± std over seeds), the three best, the comparison with the study's numbers, each experiment's curves and
-    its net."""
+    (mean ± std over seeds), the three best, accuracy against parameters and against time with the front of the runs
+    no other beats on both, the comparison with the study's numbers, each experiment's curves and its net; with
+    ``ensemble`` (an ensemble folder's ensemble_summary.json), the ensemble's own accuracies first."""
     rows = summarize_runs(find_runs(list(run_dirs)))
     sections = [f"<h1>{html.escape(title)}</h1>",
                 f"<p class=muted>{len(rows)} experiment(s), {sum(len(r.runs) for r in rows)} run(s); written "
                 f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}. Final-epoch test accuracy, mean ± std "
                 "over seeds; the study's reported number beside it.</p>",
+                *(_ensemble(ensemble) if ensemble is not None else []),
                 "<h2>Top 3</h2>", _markdown_table(top3_table(rows)),
                 "<h2>All experiments</h2>", _markdown_table(markdown_table(rows))]
-    if any(r.accuracies for r in rows):
+    if sum(bool(r.accuracies) for r in rows) >= 2:
+        sections += ["<h2>Fronts: accuracy against size and time</h2>", _png(plot_fronts, rows)]
+    if any(r.accuracies and r.paper_accuracy for r in rows):
         sections += ["<h2>Against the study</h2>", _png(plot_comparison, rows)]
     for r in rows:
         spec = ModelSpec.from_dict(r.runs[0].summary.config["model"])
@@ -162,6 +167,19 @@ def runs_page(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *, titl
                      _png(plot_curves, r), _png(plot_architecture, spec, r.model)]
     write_text(Path(out), _page(title, sections))
     return Path(out)
+
+
+def _ensemble(summary: dict[str, Any]) -> list[str]:
+    rules = summary.get("rules", {})
+    return ["<h2>The ensemble</h2>",
+            _table([*([f"rule: {rule}", _pct(a)] for rule, a in rules.items()),
+                    ["oracle (any member right)", _pct(summary.get("oracle"))],
+                    ["mean pairwise disagreement", _pct(summary.get("mean_disagreement"))],
+                    ["parameters (all members)", f"{summary.get('params', 0):,}"],
+                    ["time, all members", f"{summary.get('wall_seconds', 0):.0f} s"]]),
+            _table([[i, f"{p:,}", _pct(a)] for i, (p, a) in enumerate(zip(summary.get("member_params", []),
+                                                                        summary.get("members", [])))],
+                   ["member", "parameters", "test accuracy"])]
 
 
 def page(source: str | os.PathLike, out: str | os.PathLike | None = None, *, data: Any = None,
@@ -173,7 +191,9 @@ def page(source: str | os.PathLike, out: str | os.PathLike | None = None, *, dat
         return run_page(source, out, data=data, device=device, corruptions=corruptions)
     if not source.is_dir():
         raise ReportError(f"{source} is not a run folder or a folder of runs")
-    return runs_page([source], out if out is not None else source / "page.html", title=source.name)
+    ensemble = source / "ensemble_summary.json"
+    return runs_page([source], out if out is not None else source / "page.html", title=source.name,
+                     ensemble=read_json(ensemble, ReportError) if ensemble.is_file() else None)
 
 
 __all__ = ["page", "run_page", "runs_page"]
