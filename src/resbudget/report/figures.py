@@ -94,7 +94,7 @@ def plot_fronts(rows: list[Row], path: Path) -> Path:
         for x, y, name in points:
             if (x, y) in front:
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        ax.set(xlabel=label, ylabel="accuracy (%)")
+        ax.set(xlabel=label, ylabel="accuracy (%)", xscale="log" if key == "params" else "linear")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     marks = "validation accuracy (search trials)" if all(r.validation_only for r in done) else "test accuracy"
