@@ -169,16 +169,16 @@ def runs_page(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *, titl
     return Path(out)
 
 
-def _ensemble(summary: dict[str, Any]) -> list[str]:
-    rules = summary.get("rules", {})
+def _ensemble(result: dict[str, Any]) -> list[str]:
+    rules = result.get("rules", {})
     return ["<h2>The ensemble</h2>",
             _table([*([f"rule: {rule}", _pct(a)] for rule, a in rules.items()),
-                    ["oracle (any member right)", _pct(summary.get("oracle"))],
-                    ["mean pairwise disagreement", _pct(summary.get("mean_disagreement"))],
-                    ["parameters (all members)", f"{summary.get('params', 0):,}"],
-                    ["time, all members", f"{summary.get('wall_seconds', 0):.0f} s"]]),
-            _table([[i, f"{p:,}", _pct(a)] for i, (p, a) in enumerate(zip(summary.get("member_params", []),
-                                                                        summary.get("members", [])))],
+                    ["oracle (any member right)", _pct(result.get("oracle"))],
+                    ["mean pairwise disagreement", _pct(result.get("mean_disagreement"))],
+                    ["parameters (all members)", f"{result.get('params', 0):,}"],
+                    ["time, all members", f"{result.get('wall_seconds', 0):.0f} s"]]),
+            _table([[i, f"{p:,}", _pct(a)] for i, (p, a) in enumerate(zip(result.get("member_params", []),
+                                                                        result.get("members", [])))],
                    ["member", "parameters", "test accuracy"])]
 
 
