@@ -52,7 +52,7 @@ def main() -> None:
                 runs.append(json.loads(done.read_text(encoding="utf-8")))
                 continue
             cfg = load_config(source, [*args.set, f"train.epochs={epochs}", f"train.seed={seed}"])
-            runs.append(train_run(cfg, run_dir, data=data, progress=False))
+            runs.append(train_run(cfg, run_dir, data=data, progress=False).to_dict())
         seconds = statistics.mean(r["wall_seconds"] for r in runs)
         for curve, key in ((f"{name}, no TTA", "test_accuracy"), (f"{name}, {config.train.tta} TTA",
                                                                     "test_accuracy_tta")):

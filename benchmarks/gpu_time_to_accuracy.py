@@ -183,7 +183,7 @@ def main() -> None:
                  "ms_per_step": 1000 * s.train_seconds / round(images / config.train.batch_size),
                  "peak_share": 6 * macs * images / s.train_seconds / (peak * 1e12),
                  # absent from the summaries of code before the captured step
-                 "captures": s.get("graph_captures", 0), "capture_s": s.get("capture_seconds", 0.0),
+                 "captures": s.graph_captures or 0, "capture_s": s.capture_seconds or 0.0,
                  "graph_fallback": s.graph_fallback}
             runs.append(r)
             tta = f" ({r['tta']:.2f}% with {config.train.tta} TTA)" if r["tta"] is not None else ""

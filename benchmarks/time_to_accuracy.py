@@ -49,7 +49,7 @@ def run_recipe(name: str, config, seeds: int, out: Path, data_dir: str, peak: fl
             runs.append(json.loads(done.read_text(encoding="utf-8")))
         else:
             runs.append(train_run(cfg, run_dir, data=data_dir, progress=False,
-                                  resume=(run_dir / "config.toml").is_file()))
+                                  resume=(run_dir / "config.toml").is_file()).to_dict())
         r = runs[-1]
         print(f"  {name} seed {seed}: {100 * r['test_accuracy']:.2f}%"
               + (f" ({100 * r['test_accuracy_tta']:.2f}% TTA)" if r.get("test_accuracy_tta") is not None else "")
