@@ -204,16 +204,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         figure = figure_path(args.figure)  # checked before the evaluation, which takes a while
     model = load_ensemble(args.checkpoint, **limits) if is_ensemble(args.checkpoint) else None
-    result = evaluate_checkpoint(args.checkpoint, data=args.data_dir, device=args.device, precision=args.precision,
+    data = args.data_dir
+    if figure is not None:  # loaded once: evaluated, then the mistakes drawn from it
+        from .train.evaluate import checkpoint_data
+
+        data = checkpoint_data(args.checkpoint, args.data_dir, ensemble=model is not None,
+                               allow_unfinished=args.allow_unfinished)
+    result = evaluate_checkpoint(args.checkpoint, data=data, device=args.device, precision=args.precision,
                                  model=model, budget=None if args.allow_over_budget else args.budget,
                                  allow_unfinished=args.allow_unfinished,
                                  corruptions=CorruptionTest(args.images, args.seed) if args.corruptions else None)
     if figure is not None:
-        from .data import load_dataset
         from .report import plot_evaluation
 
-        images = load_dataset(args.data_dir or result["data_path"], result["image_size"]).test.images.numpy()
-        written = plot_evaluation(result, images, figure, str(args.checkpoint))
+        written = plot_evaluation(result, data.test.images.numpy(), figure, str(args.checkpoint))
         print(f"reliability, confusion and mistakes written to {written}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))

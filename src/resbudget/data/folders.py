@@ -32,6 +32,12 @@ HELD_OUT_SEED = 0
 CACHE_VERSION = 1  # bumped when the way images are decoded changes: older caches are then decoded again
 
 
+def held_out(images: int, classes: int) -> int:
+    """How many of a set's ``images`` are held out as its test split where it comes without one (at least one a
+    class)."""
+    return max(classes, round(images * HELD_OUT))
+
+
 def is_image_folders(path: Path) -> bool:
     """Whether ``path`` is laid out as image folders (a ``train`` folder inside it)."""
     return path.is_dir() and (path / "train").is_dir()
@@ -291,7 +297,7 @@ def _dataset(arrays: dict[str, np.ndarray], classes: tuple[str, ...], source: st
     else:
         if len(y) < 2 * len(classes):
             raise DataError(f"{source}: {len(y)} images are too few to hold a test split out of them")
-        keep, held = stratified_split(y, max(len(classes), round(len(y) * HELD_OUT)), HELD_OUT_SEED)
+        keep, held = stratified_split(y, held_out(len(y), len(classes)), HELD_OUT_SEED)
         train, test = Split(x[keep], y[keep]), Split(x[held], y[held])
         source += f"; test split: {len(held):,} images held out of the training images (stratified, seed 0)"
     norm = Normalization.of(train.images)

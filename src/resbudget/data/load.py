@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import torch
 
 from .cifar10 import load_cifar10, resolve_data_dir
 from .dataset import CLASSES, Dataset, Split
-from .folders import HELD_OUT, is_image_folders, list_classes, list_image_folders, load_arrays, load_image_folders
+from .folders import held_out, is_image_folders, list_classes, list_image_folders, load_arrays, load_image_folders
 from .images import resize_images
 
 CIFAR10_TRAIN_IMAGES = 50_000
+
+
+def _kind(path: Path) -> str:
+    """Which reader the data set at ``path`` needs: "npz", "folders" or "cifar10"."""
+    if path.suffix.lower() == ".npz":
+        return "npz"
+    return "folders" if is_image_folders(path) else "cifar10"
 
 
 def load_dataset(data: Dataset | str | os.PathLike | None = None, image_size: int = 32) -> Dataset:
@@ -22,42 +30,43 @@ def load_dataset(data: Dataset | str | os.PathLike | None = None, image_size: in
     images are brought to ``image_size`` (the net's input size) where they are another size."""
     if not isinstance(data, Dataset):
         path = resolve_data_dir(data)
-        if path.suffix.lower() == ".npz":
-            loaded = load_arrays(path, image_size)
-        elif is_image_folders(path):
-            loaded = load_image_folders(path, image_size)
-        else:
-            loaded = load_cifar10(data)
+        kind = _kind(path)
+        loaded = (load_arrays(path, image_size) if kind == "npz" else load_image_folders(path, image_size)
+                  if kind == "folders" else load_cifar10(data))
         data = dataclasses.replace(loaded, path=str(path.resolve()))
     return resized(data, image_size)
 
 
-def count_classes(data: Dataset | str | os.PathLike | None = None) -> int:
-    """How many classes the data set at ``data`` has, found without decoding it (CIFAR-10: 10, without looking), so
-    that a net's head, and so its parameter count, can be checked before the data loads."""
+def _counts(data: Dataset | str | os.PathLike | None) -> tuple[int, int]:
+    """(classes, training images) of the data set at ``data``, found without decoding it (CIFAR-10's without
+    looking); where the set holds a test split out of its training images, those are not counted."""
     if isinstance(data, Dataset):
-        return len(data.classes)
+        return len(data.classes), len(data.train)
     path = resolve_data_dir(data)
-    if path.suffix.lower() == ".npz":
-        return len(load_arrays(path, check_only=True).classes)
-    if is_image_folders(path):
+    kind = _kind(path)
+    if kind == "cifar10":
+        return len(CLASSES), CIFAR10_TRAIN_IMAGES
+    if kind == "npz":
+        labels = load_arrays(path, check_only=True)
+        classes, images, has_test = len(labels.classes), len(labels.train), labels.test is not None
+    else:
+        listing = list_image_folders(path)
+        classes, images, has_test = len(listing.classes), len(listing.train), listing.test is not None
+    return classes, images if has_test else images - held_out(images, classes)
+
+
+def count_classes(data: Dataset | str | os.PathLike | None = None) -> int:
+    """How many classes the data set at ``data`` has, found without decoding it, so that a net's head, and so its
+    parameter count, can be checked before the data loads (image folders: their class folders alone are listed)."""
+    if not isinstance(data, Dataset) and _kind(path := resolve_data_dir(data)) == "folders":
         return len(list_classes(path))
-    return len(CLASSES)
+    return _counts(data)[0]
 
 
 def count_training_images(data: Dataset | str | os.PathLike | None = None) -> int:
-    """How many training images the data set at ``data`` has (its held-out test share not counted), found without
-    decoding it (CIFAR-10: 50,000, without looking): what a time limit's prediction scales with."""
-    if isinstance(data, Dataset):
-        return len(data.train)
-    path = resolve_data_dir(data)
-    if path.suffix.lower() == ".npz":
-        arrays = load_arrays(path, check_only=True)
-        return len(arrays.train) if arrays.test is not None else round(len(arrays.train) * (1 - HELD_OUT))
-    if is_image_folders(path):
-        listing = list_image_folders(path)
-        return len(listing.train) if listing.test is not None else round(len(listing.train) * (1 - HELD_OUT))
-    return CIFAR10_TRAIN_IMAGES
+    """How many training images the data set at ``data`` has, found without decoding it: what a time limit's
+    prediction scales with."""
+    return _counts(data)[1]
 
 
 def resized(data: Dataset, image_size: int) -> Dataset:

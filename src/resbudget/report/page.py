@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .._io import read_json, read_jsonl, write_text
-from ..data import load_dataset
 from ..models import ModelSpec
 from ..train import evaluate_checkpoint, read_summary
-from ..train.evaluate import CorruptionTest
-from .collect import ReportError, find_runs, summarize_runs
+from ..train.evaluate import CorruptionTest, checkpoint_data
+from .collect import ReportError, Run, find_runs, summarize_runs
 from .figures import plot_architecture, plot_comparison, plot_curves, plot_evaluation, plot_fronts
 from .tables import markdown_table, top3_table
 
@@ -79,12 +78,13 @@ def run_page(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").is_file():
         raise ReportError(f"{run_dir}: no summary.json; a page is made of a finished run")
-    s = read_summary(run_dir / "summary.json")
+    run = Run(run_dir, read_summary(run_dir / "summary.json"), read_jsonl(run_dir / "metrics.jsonl", ReportError))
+    s, metrics = run.summary, run.metrics
     if s.diverged is not None:
         raise ReportError(f"{run_dir}: the run diverged ({s.diverged.reason}); there is no trained net to show")
-    metrics = read_jsonl(run_dir / "metrics.jsonl", ReportError)
+    data = checkpoint_data(run_dir, data)  # loaded once: evaluated, then the mistakes drawn from it
     result = evaluate_checkpoint(run_dir, data=data, device=device, budget=None, corruptions=corruptions)
-    images = load_dataset(data if data is not None else result["data_path"], result["image_size"]).test.images.numpy()
+    images = data.test.images.numpy()
     spec = ModelSpec.from_dict(s.config["model"])
     config = s.config
     sections = [
@@ -106,7 +106,7 @@ def run_page(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
         "<h2>The recipe</h2>",
         _table([[f"{section}.{k}", v] for section in ("optim", "schedule", "train", "data")
                 for k, v in config[section].items()]),
-        "<h2>Training</h2>", _png(plot_curves, summarize_runs(find_runs([run_dir]))[0]),
+        "<h2>Training</h2>", _png(plot_curves, summarize_runs([run])[0]),
         _table([[r["epoch"], f"{r['lr']:.4g}", f"{r['train_loss']:.4f}", _pct(r["train_acc"]), _pct(r["val_acc"]),
                  _pct(r["test_acc"]), f"{r['seconds']:.1f}", f"{r['images_per_s']:.0f}"] for r in metrics],
                ["epoch", "lr", "train loss", "train acc.", "val acc.", "test acc.", "seconds", "images/s"]),

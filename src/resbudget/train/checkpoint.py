@@ -79,6 +79,16 @@ def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Te
     """(spec, tensors, metadata) of a weights file, the spec checked for its form (not yet for its size)."""
     path = Path(path)
     metadata, tensors = _read(path, "no such checkpoint file", "not a readable safetensors file")
+    return _spec(path, metadata), tensors, metadata
+
+
+def spec_of(path: str | os.PathLike) -> ModelSpec:
+    """The spec of a weights file, from its metadata alone (no tensor is read)."""
+    path = Path(path)
+    return _spec(path, _read(path, "no such checkpoint file", "not a readable safetensors file", tensors=False)[0])
+
+
+def _spec(path: Path, metadata: dict[str, str]) -> ModelSpec:
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise CheckpointError(f"{path}: not a resbudget checkpoint (no model spec in its metadata)")
     if len(metadata["spec"]) > MAX_BYTES["spec"]:
@@ -87,7 +97,7 @@ def read_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Te
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: the model spec in its metadata is not a JSON object")
     try:
-        return ModelSpec.from_dict(data), tensors, metadata
+        return ModelSpec.from_dict(data)
     except SpecError as e:
         raise CheckpointError(f"{path}: the model spec in its metadata is not valid: {e}") from None
 

@@ -18,9 +18,9 @@ from torch import nn
 from .._io import read_toml
 from ..data import CLASSES, Dataset, Split, normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from ..models import DEFAULT_BUDGET, count_params
+from ..models import DEFAULT_BUDGET, ModelSpec, count_params
 from .calibration import accuracy_at_coverage, before_and_after, calibration_metrics, reliability
-from .checkpoint import input_of, load_model, temperature_of
+from .checkpoint import input_of, load_model, spec_of, temperature_of
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
 from .errors import CheckpointError
 from .summary import load_run_data, read_summary, weights_path
@@ -148,6 +148,8 @@ class CorruptionTest:
 
 
 MISTAKES = 16  # the most confident mistakes eval lists (and draws)
+# an ensemble is scored at the spec's default input size (its members are trained at it)
+ENSEMBLE_IMAGE_SIZE = next(f.default for f in dataclasses.fields(ModelSpec) if f.name == "image_size")
 
 
 def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, temperature: float, classes: tuple[str, ...],
@@ -160,6 +162,16 @@ def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, temperature: 
     order = wrong[torch.argsort(top[wrong], descending=True, stable=True)][:count]
     return [{"index": int(i), "true": classes[int(labels[i])], "predicted": classes[int(predicted[i])],
              "probability": float(top[i])} for i in order]
+
+
+def checkpoint_data(source: str | os.PathLike, data: Dataset | str | os.PathLike | None = None, *,
+                    ensemble: bool = False, allow_unfinished: bool = False) -> Dataset:
+    """The data set a run folder, checkpoint or (``ensemble``) ensemble folder is evaluated on, loaded at its net's
+    input size: ``data``, else what its run recorded (:func:`load_run_data`)."""
+    if ensemble:
+        return load_run_data(source, data, ENSEMBLE_IMAGE_SIZE)
+    weights = weights_path(source, allow_unfinished)
+    return load_run_data(weights, data, spec_of(weights).image_size)
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.PathLike | None = None,
@@ -178,7 +190,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.Pat
     at coverage and the reliability diagram's bins. ``per_class`` and ``confusion`` (:func:`class_report`) are of the
     image alone, as ``test_accuracy`` is; ``mistakes`` (:func:`confident_mistakes`) of the probabilities predict
     gives."""
-    is_ensemble_model, image_size = model is not None, 32
+    is_ensemble_model, image_size = model is not None, ENSEMBLE_IMAGE_SIZE
     if model is None:
         path = weights_path(path, allow_unfinished)
         model, spec = load_model(path, budget=budget or DEFAULT_BUDGET, allow_over_budget=budget is None)
@@ -208,7 +220,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Dataset | str | os.Pat
     result = {"checkpoint": str(path), "test_accuracy": alone["accuracy"], "test_loss": alone["nll"],
               "test_accuracy_tta": tta_accuracy if tta != "none" else None, "tta": tta,
               "views": len(views), "params": count_params(model), "images": len(data.test),
-              "image_size": data.image_size, "data_path": data.path,
+              "data_path": data.path,
               "precision": opts["precision"], "device": str(dev), "notes": [],
               "calibration": {"temperature": temperature, "views": len(views),
                               **before_and_after(logits, test.labels, temperature, "test"),
