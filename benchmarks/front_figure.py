@@ -1,6 +1,7 @@
 """The front `resbudget train --minutes N` chooses from, drawn as accuracy against the time of a whole run on the
 machines named: each point's accuracy (mean over its seeds, with TTA) at its `relative_time` times the default
-recipe's measured run on that machine, with the study's numbers marked.
+recipe's measured run on that machine, with the study's numbers marked. Points trained for clean images only (that
+`--minutes` offers only with `--clean-images`) say so in their label.
 
 Usage: python benchmarks/front_figure.py --machine "AMD Zen 4, 2 cores=cpu:540" --machine "one H200=cuda:2.55"
        [--out docs/figures/front]
@@ -43,7 +44,8 @@ def main() -> None:
     for label, kind, default_seconds in args.machine:
         for p in load_front():
             if kind in p.relative_time:
-                points.append({"curve": label, "label": p.name, "seconds": p.relative_time[kind] * default_seconds,
+                name = p.name if p.robust else f"{p.name} (clean images only)"
+                points.append({"curve": label, "label": name, "seconds": p.relative_time[kind] * default_seconds,
                                "accuracy": p.accuracy_tta, "std": p.std, "seeds": p.seeds})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "front.json").write_text(json.dumps({"machines": [list(m) for m in args.machine], "points": points,

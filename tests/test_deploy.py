@@ -236,3 +236,26 @@ def test_eval_gives_accuracy_at_coverage_and_draws_the_reliability_diagram(tmp_p
 
     path = plot_reliability(c, tmp_path / "r.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- evaluation in passes --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tta", ["none", "flip-shift4", "flip-shift"])
+def test_a_pass_holds_at_most_the_eval_batch_views_included_and_gives_the_same_logits(tta, small_cifar):
+    """A pass of batch × views images would hold gigabytes of activations at once for the recipes' batch of 1,000;
+    the passes are cut so each holds at most the batch, and each image's logits are those of one pass of it alone."""
+    from resbudget.train.evaluate import evaluate, images_per_pass, view_logits
+
+    model = build_model(TINY).eval()
+    passes = []
+    model.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    test = small_cifar.test
+    views = view_logits(model, test, tta=tta, batch_size=60)
+    assert max(passes) <= 60 and sum(passes) == views.shape[0] * len(test)
+    assert images_per_pass(60, tta) == 60 // views.shape[0] and images_per_pass(3, "flip-shift") == 1
+    alone = torch.cat([view_logits(model, test.subset(torch.arange(i, i + 1)), tta=tta, batch_size=6)
+                       for i in range(0, len(test), 37)], dim=1)
+    assert torch.allclose(views[:, ::37], alone, atol=1e-5)
+    passes.clear()
+    scored = evaluate(model, test, tta=tta, batch_size=60, precision="fp32")
+    assert max(passes) <= 60
+    assert scored["accuracy"] == pytest.approx(float((views[0].argmax(1) == test.labels).double().mean()))

@@ -115,6 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
     if args.plan and args.minutes is None:
         raise ValueError("--plan shows what --minutes N would train: give --minutes")
+    if args.clean_images and args.minutes is None:
+        raise ValueError("--clean-images widens the recipes --minutes chooses from: give --minutes")
     if args.budget is not None and args.minutes is None:
         raise ValueError("--budget chooses among the recipes of --minutes; for a recipe of your own, set "
                          "train.budget (--set train.budget=N)")
@@ -171,7 +173,7 @@ def train_for_minutes(args: argparse.Namespace) -> int:
     try:
         config, record = plan(args.minutes, budget=args.budget, overrides=tuple(args.set or []),
                               elapsed=time.perf_counter() - args.started,
-                              train_images=count_training_images(args.data_dir))
+                              train_images=count_training_images(args.data_dir), clean_images=args.clean_images)
     except TimeBudgetError as e:
         if args.plan and e.record is not None:  # the table that shows why, then the one-line error
             print(format_plan(e.record))
@@ -599,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "train in that time is chosen (give no recipe)")
     s.add_argument("--budget", type=parse_count, metavar="PARAMS",
                    help="with --minutes: only recipes with at most PARAMS parameters")
+    s.add_argument("--clean-images", action="store_true",
+                   help="with --minutes: the images will be clean, so also choose recipes trained for clean images "
+                   "only, which lose most of their accuracy under faint pixel noise")
     s.add_argument("--plan", action="store_true",
                    help="with --minutes: print each recipe's predicted time here and the choice; train nothing")
     s.add_argument("--quiet", action="store_true", help="no progress output")

@@ -24,7 +24,7 @@ from .checkpoint import input_of, load_model, spec_of, temperature_of
 from .config import STUDY_MODE_NOTE, ConfigError, TrainConfig, config_from_dict
 from .errors import CheckpointError
 from .summary import load_run_data, read_summary, weights_path
-from .tta import mode_of_views, tta_view_logits
+from .tta import VIEWS, mode_of_views, tta_view_logits
 
 
 def eval_options(t: TrainConfig) -> dict[str, Any]:
@@ -82,15 +82,25 @@ def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], split: Split, *,
         yield out.float(), split.labels[start:start + batch_size]
 
 
+def images_per_pass(batch_size: int, tta: str) -> int:
+    """How many images of a split go through the net together when each brings ``VIEWS[tta]`` views, so that one pass
+    holds at most ``batch_size`` (at least one image). A pass of several thousand views needs gigabytes of
+    activations at once, which the C allocator hands back to the system after each pass (above its trim
+    threshold) and faults in again; a pass of the training batch's size reuses the memory training used. In eval
+    mode BatchNorm uses its running statistics, so an image's logits do not depend on the others in its pass."""
+    return max(1, batch_size // VIEWS[tta])
+
+
 def view_logits(model: nn.Module, split: Split, *, tta: str = "none", batch_size: int = 1000,
                 precision: str = "fp32", channels_last: bool = True) -> torch.Tensor:
     """The fp32 logits of ``model`` (put in eval mode) on each TTA view of all of ``split``: (views, N, classes),
     view 0 the image itself; the mean over views is the TTA prediction. The views of a batch go through the net
-    together, as during training's own evaluation, so the numbers are the run's."""
+    together, as during training's own evaluation, so the numbers are the run's; ``batch_size`` counts the images
+    of one pass, views included (:func:`images_per_pass`)."""
     was_training = model.training
     model.eval()
     out = torch.cat([y for y, _ in batched_outputs(lambda x: tta_view_logits(model, x, tta), split,
-                                                   batch_size=batch_size, precision=precision,
+                                                   batch_size=images_per_pass(batch_size, tta), precision=precision,
                                                    channels_last=channels_last)], dim=1)
     model.train(was_training)
     return out
@@ -99,7 +109,8 @@ def view_logits(model: nn.Module, split: Split, *, tta: str = "none", batch_size
 def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: int = 1000, precision: str = "bf16",
              channels_last: bool = True) -> dict[str, float]:
     """``loss`` (mean cross-entropy) and ``accuracy`` over ``split`` (on the model's device), and with a ``tta`` mode
-    ``accuracy_tta`` from the same pass: the plain numbers are those of view 0, the image itself."""
+    ``accuracy_tta`` from the same pass: the plain numbers are those of view 0, the image itself. ``batch_size``: as
+    :func:`view_logits` counts it."""
     was_training = model.training
     model.eval()
     device = split.images.device
@@ -107,7 +118,7 @@ def evaluate(model: nn.Module, split: Split, *, tta: str = "none", batch_size: i
     correct = torch.zeros((), device=device, dtype=torch.int64)
     correct_tta = torch.zeros((), device=device, dtype=torch.int64)
     fn = model if tta == "none" else (lambda x: tta_view_logits(model, x, tta))
-    for logits, y in batched_outputs(fn, split, batch_size=batch_size, precision=precision,
+    for logits, y in batched_outputs(fn, split, batch_size=images_per_pass(batch_size, tta), precision=precision,
                                      channels_last=channels_last):
         views = logits if tta != "none" else logits[None]
         loss_sum += F.cross_entropy(views[0], y, reduction="sum")

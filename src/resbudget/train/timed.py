@@ -5,7 +5,9 @@ The recipes are the points of ``front.toml``, each with its accuracy over seeds 
 default recipe's on one kind of machine. This machine's speed is measured briefly at the start: a few timed training
 steps of the default net at its own batch size give the default's whole run here, and each point's time follows from
 its ratio. The most accurate point whose predicted time fits (with a margin) is chosen; where none fits, the cheapest
-is cut to the epochs that fit, and its accuracy is then unmeasured (below its point's). The run itself holds the
+is cut to the epochs that fit, and its accuracy is then unmeasured (below its point's). Only points that hold under
+faint pixel noise as the default does are offered, unless the user says the images will be clean: a recipe trained
+for clean images alone can lose most of its accuracy to noise a camera adds. The run itself holds the
 limit between steps (:func:`~resbudget.train.run.train_run`'s ``time_limit``), however the prediction erred.
 """
 
@@ -35,6 +37,7 @@ MARGIN = 0.9  # a point is chosen if its predicted run takes at most this fracti
 TRAIN_IMAGES = CIFAR10_TRAIN_IMAGES  # the front's times were measured on CIFAR-10
 EVAL_SHARE = 0.07  # the default's final evaluation (4 TTA views of the test set) against its training steps (CPU)
 OVERHEAD_SECONDS = 5.0  # loading the data, whitening, writing the results
+ROBUST_NOISE_ACCURACY = 85.0  # a point is offered by default if it keeps this much (%) under Gaussian noise sigma 0.04
 PROBE_STEPS = 2  # timed steps of the default net, after the warm-up ones (a CUDA graph's capture among them)
 # --set keys that leave the chosen recipe (and its time) as measured
 FREE_KEYS = ("train.seed", "train.device")
@@ -60,6 +63,12 @@ class Point:
     seeds: int
     relative_time: dict[str, float]
     measured: str
+    noise_accuracy: float | None = None  # % under Gaussian noise sigma 0.04 (eval --corruptions); None: not measured
+
+    @property
+    def robust(self) -> bool:
+        """Measured to hold under faint pixel noise (:data:`ROBUST_NOISE_ACCURACY`); an unmeasured point is not."""
+        return self.noise_accuracy is not None and self.noise_accuracy >= ROBUST_NOISE_ACCURACY
 
     def config(self, overrides: tuple[str, ...] = ()) -> Config:
         return load_config(self.recipe, [*self.set, *overrides])
@@ -68,7 +77,7 @@ class Point:
 def load_front(path: Path = FRONT) -> list[Point]:
     data = read_toml(path, ConfigError)
     return [Point(p["name"], p["recipe"], tuple(p["set"]), p["accuracy_tta"], p["std"], p["seeds"],
-                  dict(p["relative_time"]), p["measured"]) for p in data["point"]]
+                  dict(p["relative_time"]), p["measured"], p.get("noise_accuracy")) for p in data["point"]]
 
 
 def effective_epochs(config: Config) -> float:
@@ -132,17 +141,24 @@ def predicted_seconds(point: Point, config: Config, device_kind: str, default_se
     return fixed + (measured - fixed) * effective_epochs(config) / effective_epochs(full)
 
 
-def plan(minutes: float, *, device: torch.device | None = None, budget: int | None = None,
-         overrides: tuple[str, ...] = (),
-         elapsed: float = 0.0, step_seconds: float | None = None,
-         probe: Callable[[torch.device], float] | None = None, train_images: int = TRAIN_IMAGES
-         ) -> tuple[Config, dict[str, Any]]:
+@dataclass(frozen=True)
+class Machine:
+    """What :func:`plan` knows of the machine: its ``device`` (default: the one ``train.device`` names), the default's
+    step time there if known (``step_seconds``; else measured by ``probe``, whose time counts too)."""
+
+    device: torch.device | None = None
+    step_seconds: float | None = None
+    probe: Callable[[torch.device], float] | None = None
+
+
+def plan(minutes: float, *, machine: Machine = Machine(), budget: int | None = None,
+         overrides: tuple[str, ...] = (), elapsed: float = 0.0, train_images: int = TRAIN_IMAGES,
+         clean_images: bool = False) -> tuple[Config, dict[str, Any]]:
     """(config, record) for a run that must end within ``minutes`` of its start, ``elapsed`` seconds of which are
-    spent (the process's start, the data). ``step_seconds``: the default's step time here, if known (else measured by
-    ``probe``, whose time counts too). ``budget``: only recipes with at most that many parameters. ``overrides``:
-    ``--set`` values among :data:`FREE_KEYS`; ``device``: default, the one ``train.device`` names.
-    ``train_images``: the data set's (a run's time grows with them; the front was measured on CIFAR-10's). The
-    record says what was chosen, why, and what it predicted."""
+    spent (the process's start, the data). ``budget``: only recipes with at most that many parameters. ``overrides``:
+    ``--set`` values among :data:`FREE_KEYS`. ``train_images``: the data set's (a run's time grows with them; the
+    front was measured on CIFAR-10's). ``clean_images``: also offer the points that do not hold under faint noise
+    (:attr:`Point.robust`). The record says what was chosen, why, and what it predicted."""
     if not (minutes > 0 and math.isfinite(minutes)):
         raise TimeBudgetError(f"--minutes must be a positive number, got {minutes}")
     for text in overrides:
@@ -150,22 +166,28 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
         if key not in FREE_KEYS:
             raise TimeBudgetError(f"--minutes chooses the recipe for the time: --set may change only "
                                   f"{', '.join(FREE_KEYS)}, not {key}")
-    if device is None:
-        device = select_device(load_config(None, overrides).train.device)
+    device = machine.device or select_device(load_config(None, overrides).train.device)
     kind = "cuda" if device.type == "cuda" else "cpu"
     within = []  # the points within the parameter budget, before any time is spent on the probe
+    fragile = []  # the points left out for not holding under faint noise, for the table
     for point in load_front():
         if kind not in point.relative_time:  # measured on the other kind of machine only
+            continue
+        if not (point.robust or clean_images):
+            fragile.append(point)
             continue
         config = point.config(overrides)
         params = check_spec(config.model, budget or config.train.budget, allow_over_budget=True)
         if budget is None or params <= budget:
             within.append((point, config, params))
     if not within:
-        raise TimeBudgetError(f"no recipe of the front has at most {budget:,} parameters")
+        robust = "" if clean_images else " that holds under faint noise"
+        raise TimeBudgetError(f"no recipe of the front{robust} has at most {budget:,} parameters" + (
+            "" if clean_images else " (--clean-images also offers those trained for clean images only)"))
     start = time.perf_counter()
+    step_seconds = machine.step_seconds
     if step_seconds is None:
-        step_seconds = (probe or probe_step_seconds)(device)
+        step_seconds = (machine.probe or probe_step_seconds)(device)
     elapsed += time.perf_counter() - start
     default_seconds = default_run_seconds(step_seconds) * train_images / TRAIN_IMAGES
     left = minutes * 60 - elapsed
@@ -174,9 +196,12 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
     record: dict[str, Any] = {
         "minutes": minutes, "device_kind": kind, "probe_step_seconds": round(step_seconds, 4),
         "default_run_seconds": round(default_seconds, 1), "seconds_before_training": round(elapsed, 1),
-        "train_images": train_images,
+        "train_images": train_images, "clean_images": clean_images,
         "candidates": [{"name": p.name, "params": n, "accuracy_tta": p.accuracy_tta,
-                        "predicted_seconds": round(s, 1)} for p, _, n, s in candidates],
+                        "noise_accuracy": p.noise_accuracy, "predicted_seconds": round(s, 1)}
+                       for p, _, n, s in candidates],
+        "not_offered": [{"name": p.name, "accuracy_tta": p.accuracy_tta, "noise_accuracy": p.noise_accuracy}
+                        for p in fragile],
     }
     if fitting:
         point, config, params, seconds = max(fitting, key=lambda c: c[0].accuracy_tta)
@@ -208,21 +233,32 @@ def plan(minutes: float, *, device: torch.device | None = None, budget: int | No
 def format_plan(record: dict[str, Any]) -> str:
     """:func:`plan`'s record as a table a user reads: every candidate's predicted time here, and the choice."""
     left = record["minutes"] * 60 - record["seconds_before_training"]
+    width = max(12, *(len(c["name"]) for c in record["candidates"]))
     lines = [f"this machine: a default step in {record['probe_step_seconds']:.3g} s, so the default's run "
              f"~{record['default_run_seconds']:.0f} s; "
              + (f"{left:.0f} s of the {record['minutes']:g} minutes are left for the run" if left > 0 else
                 f"nothing of the {record['minutes']:g} minutes is left for the run"),
-             f"{'recipe':<12} {'params':>10} {'with TTA':>9} {'predicted here':>15}"]
+             f"{'recipe':<{width}} {'params':>10} {'with TTA':>9} {'noise 0.04':>10} {'predicted here':>15}"]
     for c in record["candidates"]:
         mark = "  <- chosen" if c["name"] == record["chosen"] else ""
-        lines.append(f"{c['name']:<12} {c['params']:>10,} {c['accuracy_tta']:>8.2f}% {c['predicted_seconds']:>13.0f} s"
-                     f"{mark}")
+        lines.append(f"{c['name']:<{width}} {c['params']:>10,} {c['accuracy_tta']:>8.2f}% {_noise(c):>10} "
+                     f"{c['predicted_seconds']:>13.0f} s{mark}")
+    if record.get("not_offered"):
+        names = ", ".join(f"{c['name']} ({c['accuracy_tta']:.2f}%, {_noise(c)} under noise)"
+                          for c in record["not_offered"])
+        lines.append(f"not offered, below {ROBUST_NOISE_ACCURACY:g}% under noise 0.04 or not measured there "
+                     f"(--clean-images offers them): {names}")
     if record["chosen"] is None:
         return "\n".join(lines)
     epochs = f"{record['epochs']} epoch{'s' if record['epochs'] != 1 else ''}"
     lines.append(f"chosen: {record['chosen']}, {epochs}: {record['why']}; expected "
                  f"{record['expected_accuracy']}")
     return "\n".join(lines)
+
+
+def _noise(candidate: dict[str, Any]) -> str:
+    accuracy = candidate.get("noise_accuracy")
+    return "unmeasured" if accuracy is None else f"{accuracy:.1f}%"
 
 
 def cut_to_fit(point: Point, config: Config, kind: str, default_seconds: float,
