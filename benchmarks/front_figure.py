@@ -1,7 +1,8 @@
 """The front `resbudget train --minutes N` chooses from, drawn as accuracy against the time of a whole run on the
 machines named: each point's accuracy (mean over its seeds, with TTA) at its `relative_time` times the default
-recipe's measured run on that machine, with the study's numbers marked. Points trained for clean images only (that
-`--minutes` offers only with `--clean-images`) say so in their label.
+recipe's measured run on that machine, with the study's numbers marked. The points `--minutes` offers by default (they
+hold under faint noise) form one curve per machine, the others (offered with `--clean-images`) another; the points
+are named on the first machine's curves and on a GPU's.
 
 Usage: python benchmarks/front_figure.py --machine "AMD Zen 4, 2 cores=cpu:540" --machine "one H200=cuda:2.55"
        [--out docs/figures/front]
@@ -41,11 +42,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/figures/front"))
     args = ap.parse_args()
     points = []
-    for label, kind, default_seconds in args.machine:
+    for i, (label, kind, default_seconds) in enumerate(args.machine):
         for p in load_front():
             if kind in p.relative_time:
-                name = p.name if p.robust else f"{p.name} (clean images only)"
-                points.append({"curve": label, "label": name, "seconds": p.relative_time[kind] * default_seconds,
+                curve = label if p.robust else f"{label}, --clean-images only"
+                points.append({"curve": curve, "name": p.name, "label": p.name if i == 0 or kind == "cuda" else "",
+                               "seconds": p.relative_time[kind] * default_seconds,
                                "accuracy": p.accuracy_tta, "std": p.std, "seeds": p.seeds})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "front.json").write_text(json.dumps({"machines": [list(m) for m in args.machine], "points": points,
@@ -54,7 +56,7 @@ def main() -> None:
                        title="train --minutes: the measured recipes, accuracy with TTA against a whole run's time",
                        legend="below")
     for p in points:
-        print(f"{p['curve']:<28} {p['label']:<12} {p['seconds']:8.1f} s  {p['accuracy']:.2f} ± {p['std']:.2f}%")
+        print(f"{p['curve']:<45} {p['name']:<20} {p['seconds']:8.1f} s  {p['accuracy']:.2f} ± {p['std']:.2f}%")
     print(f"-> {args.out / 'front.png'}, {args.out / 'front.json'}")
 
 

@@ -148,7 +148,7 @@ def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
 def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, title: str = "",
                        legend: str = "lower right") -> Path:
     """Final test accuracy against wall time per run, one curve per key: each point a dict with ``seconds``,
-    ``accuracy`` (%) and ``label`` (e.g. the epochs), averaged over its seeds by the caller (``std``, if given, drawn
+    ``accuracy`` (%) and ``label`` (e.g. the epochs; empty: not written beside it), averaged over its seeds by the caller (``std``, if given, drawn
     as an error bar); ``marks`` are reference accuracies (the study's numbers) drawn as horizontal lines, since their
     time on this machine is not known; ``legend``: where the legend goes (a matplotlib ``loc``, or ``"below"`` the
     axes)."""
@@ -160,8 +160,9 @@ def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, 
         ax.errorbar([p["seconds"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=key,
                     yerr=[p.get("std", 0.0) for p in curve], capsize=3)
         for p in curve:
-            ax.annotate(str(p["label"]), (p["seconds"], p["accuracy"]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7)
+            if str(p["label"]):  # an empty label: the point is drawn, not named
+                ax.annotate(str(p["label"]), (p["seconds"], p["accuracy"]), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7)
     for i, (name, value) in enumerate(marks.items()):
         ax.axhline(value, ls="--", lw=1, color=f"C{(i + 3) % 10}", label=f"{name}: {value:.2f}%")
     ax.set_xscale("log")
