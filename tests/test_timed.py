@@ -62,7 +62,8 @@ def test_every_point_offered_by_default_holds_under_faint_noise_and_clean_only_o
     assert front[robust["chosen"]].accuracy_tta < front["best"].accuracy_tta  # the price of asking for robustness
     table = format_plan(robust)
     assert "noise 0.04" in table and "not offered, below 85% under noise 0.04 or not measured there " in table
-    assert f"best ({front['best'].accuracy_tta:.2f}%, unmeasured under noise)" in table
+    assert f"best ({front['best'].accuracy_tta:.2f}%, {front['best'].noise_accuracy:.1f}% under noise)" in table
+    assert f"no-noise-e12 ({front['no-noise-e12'].accuracy_tta:.2f}%, unmeasured under noise)" in table
 
 
 def test_a_smaller_data_set_is_predicted_to_train_faster_and_buys_a_more_accurate_recipe():

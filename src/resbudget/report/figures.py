@@ -148,10 +148,10 @@ def plot_architecture(spec: ModelSpec, name: str, path: Path) -> Path:
 def plot_accuracy_time(points: list[dict], marks: dict[str, float], path: Path, title: str = "",
                        legend: str = "lower right") -> Path:
     """Final test accuracy against wall time per run, one curve per key: each point a dict with ``seconds``,
-    ``accuracy`` (%) and ``label`` (e.g. the epochs; empty: not written beside it), averaged over its seeds by the caller (``std``, if given, drawn
-    as an error bar); ``marks`` are reference accuracies (the study's numbers) drawn as horizontal lines, since their
-    time on this machine is not known; ``legend``: where the legend goes (a matplotlib ``loc``, or ``"below"`` the
-    axes)."""
+    ``accuracy`` (%) and ``label`` (e.g. the epochs; empty: not written beside it), averaged over its seeds by the
+    caller (``std``, if given, drawn as an error bar); ``marks`` are reference accuracies (the study's numbers) drawn
+    as horizontal lines, since their time on this machine is not known; ``legend``: where the legend goes (a
+    matplotlib ``loc``, or ``"below"`` the axes)."""
     if not points:
         raise ValueError("no points to plot: run at least one recipe")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
