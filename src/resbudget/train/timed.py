@@ -183,7 +183,7 @@ def plan(minutes: float, *, machine: Machine = Machine(), budget: int | None = N
     if not within:
         robust = "" if clean_images else " that holds under faint noise"
         raise TimeBudgetError(f"no recipe of the front{robust} has at most {budget:,} parameters" + (
-            "" if clean_images else " (--clean-images also offers those trained for clean images only)"))
+            "" if clean_images else " (--clean-images also offers those that do not)"))
     start = time.perf_counter()
     step_seconds = machine.step_seconds
     if step_seconds is None:
