@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv3x3
+
 ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
 
@@ -52,9 +54,9 @@ class BasicBlock(nn.Module):
                  bn: dict | None = None) -> None:
         super().__init__()
         bn = bn or {}
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = Conv3x3(in_channels, out_channels, stride)
         self.bn1 = batch_norm(out_channels, **bn)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.conv2 = Conv3x3(out_channels, out_channels)
         self.bn2 = batch_norm(out_channels, **bn)
         self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, bn)
         self.act = ACTIVATION_FNS[activation]
@@ -71,7 +73,7 @@ class SingleBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, activation: str = "relu",
                  bn: dict | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.conv = Conv3x3(in_channels, out_channels, stride)
         self.bn = batch_norm(out_channels, **(bn or {}))
         self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, bn)
         self.act = ACTIVATION_FNS[activation]
@@ -90,7 +92,7 @@ class ConvPoolEntry(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, activation: str = "relu",
                  bn: dict | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv = Conv3x3(in_channels, out_channels)
         self.pool = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
         self.bn = batch_norm(out_channels, **(bn or {}))
         self.act = ACTIVATION_FNS[activation]
