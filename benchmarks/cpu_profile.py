@@ -99,7 +99,8 @@ def conv_limits(config: Config, batch: int) -> list[tuple[str, float, float]]:
 def conv_macs_of(config: Config) -> list[tuple[str, int]]:
     """(layer, MACs per image) of the net's 3x3 convolutions past its stem."""
     return [(r.name, r.macs) for r in summarize(config.model).layers
-            if r.kind in ("Conv2d", "Conv3x3") and not r.name.startswith("stem") and r.macs and ".shortcut" not in r.name]
+            if r.kind in ("Conv2d", "Conv3x3") and not r.name.startswith("stem") and r.macs
+            and ".shortcut" not in r.name]
 
 
 def profile_steps(config: Config, steps: int) -> tuple[dict[str, float], float, float, int, float]:

@@ -36,16 +36,28 @@ def weight_grad_3x3(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     row = w + 1  # a zero after every row: the right neighbour of its last pixel, the left one of the next row's first
     rows = n * (h + 1) * row  # a zero row above every image: the row below the previous image, the row above its own
     lead = row + 1  # the zeros before the first image (the row above it and one more) and after the last
-    xs = x.new_zeros(lead + rows + lead, c)
-    xs[lead:lead + rows].view(n, h + 1, row, c)[:, 1:, :w].copy_(x.permute(0, 2, 3, 1))
-    gs = grad_out.new_zeros(rows, o)  # the gradient at the same places, zero at the padding's
-    gs.view(n, h + 1, row, o)[:, 1:, :w].copy_(grad_out.permute(0, 2, 3, 1))
+    xs = x.new_empty(lead + rows + lead, c)
+    xs[:lead].zero_()
+    xs[lead + rows:].zero_()
+    _to_grid(xs[lead:lead + rows], x)
+    gs = _to_grid(grad_out.new_empty(rows, o), grad_out)  # the gradient at the same places, zero at the padding's
     dw = x.new_empty(o, 3, 3, c)
     for kh in range(3):
         for kw in range(3):
             start = lead + (kh - 1) * row + (kw - 1)
             torch.mm(gs.T, xs[start:start + rows], out=dw[:, kh, kw])
     return dw.permute(0, 3, 1, 2)
+
+
+def _to_grid(flat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Write ``t`` [N, C, H, W] into ``flat`` [N * (H + 1) * (W + 1), C] row by row below a zero row, each row followed
+    by a zero; only the zeros and the pixels are written, each once."""
+    n, c, h, w = t.shape
+    grid = flat.view(n, h + 1, w + 1, c)
+    grid[:, 0].zero_()
+    grid[:, 1:, w].zero_()
+    grid[:, 1:, :w].copy_(t.permute(0, 2, 3, 1))
+    return flat
 
 
 class _Conv3x3(torch.autograd.Function):

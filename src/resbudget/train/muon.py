@@ -34,9 +34,9 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     if tall:
         x = x.T
     x = x / (x.norm() + eps)
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b s + c s^2) x, s = x x^T: two fused multiply-adds, each rounded once
         s = x @ x.T
-        x = a * x + (b * s + c * s @ s) @ x
+        x = torch.addmm(x, torch.addmm(s, s, s, beta=b, alpha=c), x, beta=a)
     return (x.T if tall else x).to(g.dtype)
 
 
