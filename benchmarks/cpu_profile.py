@@ -1,9 +1,12 @@
 """Where a CPU training step of the default recipe spends its time, against what this machine's cores can do.
 
-    python benchmarks/cpu_profile.py [--steps 8] [--allocator keep|default] [--out FILE.md]
+    python benchmarks/cpu_profile.py [--steps 8] [--allocator keep|default] [--weight-grads products|onednn]
+                                     [--out FILE.md]
 
 1. This machine's bf16 limits with torch on all its threads: a 4096x4096 matmul, and each convolution shape of the
-   default net forward and backward at the recipe's batch (TFLOPS, counting a multiply-accumulate as 2 FLOPs).
+   default net forward and backward at the recipe's batch (TFLOPS, counting a multiply-accumulate as 2 FLOPs), as
+   training computes it (a small map's weight gradient as nine matrix products: resbudget/models/conv.py) and with
+   oneDNN's own weight gradient.
 2. ``--steps`` training steps of the default recipe on random images (speed does not depend on the pixels), after two
    warm-up steps, under torch.profiler: the steps' time split into convolutions, normalisation, activations,
    pooling and the rest of the net, the optimiser (Muon's Newton-Schulz iterations among it) and the batch's
@@ -11,7 +14,8 @@
 3. One final evaluation of 10,000 images with the recipe's TTA views.
 
 ``--allocator keep`` (the default) sets the allocator as the command line does (resbudget/_memory.py); ``default``
-leaves glibc's as it is, to compare.
+leaves glibc's as it is, to compare. ``--weight-grads onednn`` times the steps with oneDNN's weight gradient for
+every convolution, to compare.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from resbudget._memory import keep_freed_memory
 from resbudget.data import Augment, Split, normalize
+from resbudget.models import conv as conv_module
 from resbudget.models import summarize
 from resbudget.train import Config
 from resbudget.train.evaluate import eval_options, view_logits
@@ -60,9 +65,10 @@ def matmul_tflops(n: int = 4096) -> float:
     return 2 * n**3 / seconds(lambda: a @ b) / 1e12
 
 
-def conv_limits(config: Config, batch: int) -> list[tuple[str, float, float]]:
-    """(shape, seconds for all the net's layers of that shape, TFLOPS) of each distinct 3x3 convolution of the net
-    past its stem, forward + both backward passes, bf16 channels-last at ``batch`` images."""
+def conv_limits(config: Config, batch: int) -> list[tuple[str, float, float, float]]:
+    """(shape, seconds for all the net's layers of that shape, TFLOPS, seconds with oneDNN's weight gradient) of each
+    distinct 3x3 convolution of the net past its stem, forward + both backward passes, bf16 channels-last at
+    ``batch`` images."""
     shapes: dict[tuple[int, int, int, int, int], int] = {}  # shape -> how many layers of the net have it
 
     def hook(module: nn.Conv2d, inputs, output) -> None:  # noqa: ANN001
@@ -78,21 +84,22 @@ def conv_limits(config: Config, batch: int) -> list[tuple[str, float, float]]:
         model(torch.zeros(1, 3, 32, 32))
     rows = []
     for (c_in, c_out, size_in, size_out, stride), count in shapes.items():
-        conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False).to(memory_format=torch.channels_last)
+        conv = conv_module.Conv3x3(c_in, c_out, stride).to(memory_format=torch.channels_last)
         x = torch.randn(batch, c_in, size_in, size_in).contiguous(memory_format=torch.channels_last)
         x.requires_grad_()
 
         grad = torch.ones(batch, c_out, size_out, size_out, dtype=torch.bfloat16).contiguous(
             memory_format=torch.channels_last)
 
-        def step() -> None:
+        def step(onednn: bool) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = conv(x)  # noqa: B023 - timed at once, inside this iteration
+                out = nn.Conv2d.forward(conv, x) if onednn else conv(x)  # noqa: B023 - timed at once
             out.backward(grad)  # noqa: B023
 
-        s = seconds(step)
+        s, s_onednn = seconds(lambda: step(False)), seconds(lambda: step(True))  # noqa: B023
         macs = batch * c_out * size_out * size_out * c_in * 9
-        rows.append((f"{c_in}→{c_out}, {size_in}²→{size_out}² (×{count})", count * s, 3 * 2 * macs / s / 1e12))
+        rows.append((f"{c_in}→{c_out}, {size_in}²→{size_out}² (×{count})", count * s, 3 * 2 * macs / s / 1e12,
+                     count * s_onednn))
     return rows
 
 
@@ -101,6 +108,18 @@ def conv_macs_of(config: Config) -> list[tuple[str, int]]:
     return [(r.name, r.macs) for r in summarize(config.model).layers
             if r.kind in ("Conv2d", "Conv3x3") and not r.name.startswith("stem") and r.macs
             and ".shortcut" not in r.name]
+
+
+WEIGHT_GRADS = "weight gradients as matrix products"
+
+
+def within(event, name: str) -> bool:  # noqa: ANN001 - a profiler event
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name == name:
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def profile_steps(config: Config, steps: int) -> tuple[dict[str, float], float, float, int, float]:
@@ -127,22 +146,32 @@ def profile_steps(config: Config, steps: int) -> tuple[dict[str, float], float, 
         one()
     wall = (time.perf_counter() - start) / steps
     after = resource.getrusage(resource.RUSAGE_SELF)
+    products = conv_module.weight_grad_3x3
+
+    def traced_products(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with record_function(WEIGHT_GRADS):
+            return products(grad_out, x)
+
+    conv_module.weight_grad_3x3 = traced_products  # its matrix products count as convolutions
     with profile(activities=[ProfilerActivity.CPU]) as prof:  # the shares of the parts
         for _ in range(steps):
             one()
+    conv_module.weight_grad_3x3 = products
     system = (after.ru_stime - before.ru_stime) / ((after.ru_utime - before.ru_utime) + (after.ru_stime
                                                                                         - before.ru_stime))
     faults = (after.ru_minflt - before.ru_minflt) // steps
     parts: dict[str, float] = defaultdict(float)
     augment_s = 0.0
-    for event in prof.key_averages():
-        name = event.key.lower()
-        if event.key == "augment":
-            augment_s = event.cpu_time_total
+    for event in prof.events():
+        name = event.name.lower()
+        if event.name == "augment":
+            augment_s += event.cpu_time_total
             continue
         if not name.startswith("aten::"):
             continue
         part = next((p for p, keys in PARTS if any(k in name for k in keys)), "the rest")
+        if within(event, WEIGHT_GRADS):
+            part = "convolutions"
         parts[part] += event.self_cpu_time_total
     profiled = sum(parts.values())  # the parts' shares of the profiled time, applied to the unprofiled step
     return ({p: wall * s / profiled for p, s in parts.items()}, wall, system, faults, wall * augment_s / profiled)
@@ -152,24 +181,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--allocator", choices=("keep", "default"), default="keep")
+    p.add_argument("--weight-grads", choices=("products", "onednn"), default="products")
     p.add_argument("--out", help="also write the tables to this Markdown file")
     args = p.parse_args()
     if args.allocator == "keep":
         keep_freed_memory()
+    if args.weight_grads == "onednn":
+        conv_module.matmul_weight_grad = lambda conv, x: False  # every layer as a plain nn.Conv2d
     torch.manual_seed(0)
     config = Config()
     t = config.train
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {args.allocator}", "",
-             "| limit (bf16) | s | TFLOPS |", "|---|---:|---:|",
-             f"| matmul 4096² | | {matmul_tflops():.2f} |"]
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {args.allocator}, weight "
+             f"gradients: {args.weight_grads}", "",
+             "| limit (bf16) | s | TFLOPS | s with oneDNN's weight gradient |", "|---|---:|---:|---:|",
+             f"| matmul 4096² | | {matmul_tflops():.2f} | |"]
     convs = conv_limits(config, t.batch_size)
-    lines += [f"| 3×3 conv {shape}, batch {t.batch_size}, forward + backward | {s:.3f} | {tf:.2f} |"
-              for shape, s, tf in convs]
+    lines += [f"| 3×3 conv {shape}, batch {t.batch_size}, forward + backward | {s:.3f} | {tf:.2f} | {s1:.3f} |"
+              for shape, s, tf, s1 in convs]
     conv_macs = sum(m for _, m in conv_macs_of(config))
     parts, wall, system, faults, augment_s = profile_steps(config, args.steps)
     macs = summarize(config.model).macs
     step_tflops = 3 * 2 * macs * t.batch_size / wall / 1e12
-    conv_s = sum(s for _, s, _ in convs)
+    conv_s = sum(s for _, s, _, _ in convs)
     lines += ["", f"One training step of the default recipe (batch {t.batch_size}): {wall:.3f} s, "
               f"{step_tflops:.2f} TFLOPS of the net's own arithmetic; CPU time in the kernel {100 * system:.0f}%, "
               f"{faults:,} page faults a step.", "",

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resbudget.models import conv as conv_module
 from resbudget.models.conv import SMALL_MAP, WIDE, Conv3x3, matmul_weight_grad, weight_grad_3x3
+
+
+@pytest.fixture
+def amx(monkeypatch):
+    """A CPU with AMX tiles, wherever the tests run."""
+    monkeypatch.setattr(conv_module, "cpu_has_amx", lambda: True)
 
 
 def reference_weight_grad(grad_out, x):
@@ -37,7 +44,7 @@ def bf16_step(conv, x, grad_out, plain: bool):
     return y.detach(), x.grad, conv.weight.grad
 
 
-def test_a_bf16_step_keeps_the_forward_and_the_input_gradient_bit_for_bit():
+def test_a_bf16_step_keeps_the_forward_and_the_input_gradient_bit_for_bit(amx):
     """Only the weight gradient's arithmetic changes: the output and the input gradient are oneDNN's, bit for bit; the
     weight gradient is the same sum rounded to bf16 once, as oneDNN's is (equal to within one bf16 rounding)."""
     torch.manual_seed(0)
@@ -55,9 +62,9 @@ def test_a_bf16_step_keeps_the_forward_and_the_input_gradient_bit_for_bit():
         torch.testing.assert_close(grad.double(), exact, rtol=2**-8, atol=1e-3)
 
 
-def test_where_the_products_are_used():
-    """A bf16 training step on a CPU over a small map; never in evaluation, without grad, in float32, over a large
-    map (beyond 7x7, or beyond 5x5 for narrow layers), strided, or with a bias."""
+def test_where_the_products_are_used(amx, monkeypatch):
+    """A bf16 training step on a CPU with AMX over a small map; never in evaluation, without grad, in float32, over a
+    large map (beyond 7x7, or beyond 5x5 for narrow layers), strided, with a bias, or without AMX."""
     x_small = torch.randn(2, 8, 5, 5)
 
     def used(conv, x=x_small, autocast=True, grad=True):
@@ -76,6 +83,22 @@ def test_where_the_products_are_used():
     frozen = Conv3x3(8, 8)
     frozen.weight.requires_grad_(False)
     assert not used(frozen)
+    monkeypatch.setattr(conv_module, "cpu_has_amx", lambda: False)
+    assert not used(narrow.train())
+
+
+def test_amx_is_read_from_the_cpu_flags_and_a_cap_on_onednn_turns_it_off(monkeypatch):
+    conv_module.cpu_has_amx.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert conv_module.cpu_has_amx() is False
+    conv_module.cpu_has_amx.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read().split()
+    except OSError:
+        flags = []
+    assert conv_module.cpu_has_amx() is ("amx_bf16" in flags)
+    conv_module.cpu_has_amx.cache_clear()
 
 
 def test_it_is_an_nn_conv2d_with_its_parameters_and_state_dict():

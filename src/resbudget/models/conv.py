@@ -12,12 +12,17 @@ standing in for the padding. Each tap is then one ``grad_out^T @ x_shifted`` ove
 im2col copy nine times the input's size; the price is the arithmetic spent on the zero rows.
 
 Only the backward pass changes: the forward is ``F.conv2d`` and the input gradient oneDNN's own, as before. Where
-the products pay (a bf16 training step on a CPU, a map of at most ``SMALL_MAP`` pixels, or ``MEDIUM_MAP`` with
-``WIDE`` channels or more; docs/RESULTS.md has the timings) :func:`matmul_weight_grad` says so; anywhere else
-(a GPU, fp32, evaluation, large maps) the layer is a plain ``nn.Conv2d``.
+the products pay (a bf16 training step on a CPU with AMX tiles, a map of at most ``SMALL_MAP`` pixels, or
+``MEDIUM_MAP`` with ``WIDE`` channels or more; docs/RESULTS.md has the timings) :func:`matmul_weight_grad` says so;
+anywhere else (a GPU, a CPU whose bf16 matrix products run on AVX-512 alone, where oneDNN's own gradient is the
+faster, fp32, evaluation, large maps) the layer is a plain ``nn.Conv2d``.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -80,9 +85,23 @@ class _Conv3x3(torch.autograd.Function):
         return grad_x, grad_w
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bf16 matrices in AMX tiles (Linux's ``amx_bf16`` flag) and oneDNN may use them
+    (``ONEDNN_MAX_CPU_ISA`` unset, or naming an AMX level)."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and isa != "ALL" and "AMX" not in isa:
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "amx_bf16" in cpuinfo.split()
+
+
 def matmul_weight_grad(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv``'s step on ``x`` takes its weight gradient from :func:`weight_grad_3x3`: a bf16 (autocast)
-    training step on a CPU, a 3x3 stride-1 padding-1 convolution without bias or groups, over a small map."""
+    training step on a CPU with AMX, a 3x3 stride-1 padding-1 convolution without bias or groups, over a small map."""
     if not (conv.training and torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == "cpu"):
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
@@ -93,7 +112,8 @@ def matmul_weight_grad(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         return False
     pixels = x.shape[-2] * x.shape[-1]
     wide = min(conv.in_channels, conv.out_channels) >= WIDE
-    return conv.bias is None and (pixels <= SMALL_MAP or (wide and pixels <= MEDIUM_MAP))
+    small = pixels <= SMALL_MAP or (wide and pixels <= MEDIUM_MAP)
+    return conv.bias is None and small and cpu_has_amx()
 
 
 class Conv3x3(nn.Conv2d):
