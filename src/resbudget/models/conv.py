@@ -99,13 +99,17 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpuinfo.split()
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a CPU convolution of ``x`` computes in: autocast's where it is on, else ``x``'s."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
 def matmul_weight_grad(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv``'s step on ``x`` takes its weight gradient from :func:`weight_grad_3x3`: a bf16 (autocast)
     training step on a CPU with AMX, a 3x3 stride-1 padding-1 convolution without bias or groups, over a small map."""
     if not (conv.training and torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == "cpu"):
         return False
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if dtype != torch.bfloat16 or x.dim() != 4:
+    if _compute_dtype(x) != torch.bfloat16 or x.dim() != 4:
         return False
     if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != ((3, 3), (1, 1), (1, 1),
                                                                                      (1, 1), 1):
@@ -126,7 +130,7 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not matmul_weight_grad(self, x):
             return super().forward(x)
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        dtype = _compute_dtype(x)
         x, weight = x.to(dtype), self.weight.to(dtype)  # what autocast casts to; the casts carry the gradient back
         with torch.autocast("cpu", enabled=False):
             return _Conv3x3.apply(x, weight)
