@@ -1,5 +1,5 @@
 """Accuracy against time: one recipe trained at several epoch counts (and seeds), its final test accuracy with and
-without TTA plotted against the wall time of a run, with the study's numbers and our best marked (issue #14).
+without TTA plotted against the wall time of a run, with the study's numbers and our best marked.
 
 Usage: python benchmarks/accuracy_vs_time.py RECIPE --epochs 2 4 8 16 --data-dir ../shared/cifar10 [--seeds 1]
        [--set KEY=VALUE ...] [--out runs/curve/NAME]

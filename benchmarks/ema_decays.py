@@ -1,4 +1,4 @@
-"""What an EMA of the weights adds, at several decays, to one training run: a paired comparison (issue #14).
+"""What an EMA of the weights adds, at several decays, to one training run: a paired comparison.
 
 Usage: python benchmarks/ema_decays.py RECIPE --decays 0.95 0.98 0.99 --data-dir ../shared/cifar10 --out DIR
        [--set KEY=VALUE ...]

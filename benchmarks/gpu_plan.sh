@@ -69,7 +69,7 @@ case "$step" in
   best)
     machine | tee "$OUT/best.log"
     V='model.stage_widths=[160,384,384]'; T='train.tta="flip-shift"'
-    # best (95.04% in 20 epochs) made longer, with the augmentation and averaging issue #14 lists: each point is
+    # best (95.04% in 20 epochs) made longer, with longer augmentation and weight averaging: each point is
     # one question (does TrivialAugment pay at this length, does EMA, does length) at 3 seeds.
     python3 benchmarks/gpu_time_to_accuracy.py \
       "v40=$V;train.drop_easy=0.3;train.epochs=40;$T" \
