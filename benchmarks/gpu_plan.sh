@@ -20,7 +20,12 @@
 # Resuming over slots: a fresh machine loses /root. Every step writes its log and JSON under $OUT (the device tool
 # brings that folder back), and the finished runs of study100 under $OUT/campaign. Before the next call, copy the
 # fetched campaign folder to ./.campaign and carry it: the step starts from it and redoes only what is missing.
-# Every step prints the GPU, the host CPU and the torch version first. Run from the repository root.
+# Every step prints the GPU, the host CPU and the torch version first.
+#
+# In 15 minutes of device time (machine starts included) the three part calls must follow one another while the
+# machine is warm (it goes back after a short idle wait, and /root with it): call 1 `part speed`, call 2 `part`,
+# call 3 `part graph` (or `part best`); the next lent slot does the other, then study100 slot by slot.
+# Run from the repository root.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 DATA=/root/data
@@ -43,7 +48,7 @@ print(f"GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no
 PY
 }
 
-[ $# -gt 0 ] || { sed -n 2,25p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 2; }
 for step in "$@"; do
 case "$step" in
   prepare)
@@ -105,6 +110,6 @@ case "$step" in
     python3 benchmarks/gpu_time_to_accuracy.py default benchmarks/recipes/gpu-94.toml best \
       --data-dir "$DATA" --seeds 5 --deadline 400 --out "$OUT/baseline" 2>&1 | tee -a "$OUT/baseline.log" ;;
   *)
-    sed -n 2,25p "$0"; exit 2 ;;
+    sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 2 ;;
 esac
 done
