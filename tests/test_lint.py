@@ -24,8 +24,7 @@ READ = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))] + [
 
 
 def test_nothing_a_reader_meets_names_an_issue_number():
-    files = READ
-    found = [f"{p.relative_to(REPO)}:{i}" for p in files
+    found = [f"{p.relative_to(REPO)}:{i}" for p in READ
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
              if re.search(r"\bissues? #?\d+|#\d{1,3}\b(?![0-9a-fA-F])", line)]
     assert not found
@@ -90,8 +89,7 @@ def test_docstrings_say_what_and_why_and_leave_measurements_to_the_results():
 
 
 def test_the_documents_speak_of_the_project_not_of_how_its_work_was_organised():
-    files = READ
     words = re.compile(r"\b(?:the task|the review|(?:this|next|previous|the) session)\b", re.IGNORECASE)
-    found = [f"{p.relative_to(REPO)}:{i}" for p in files
+    found = [f"{p.relative_to(REPO)}:{i}" for p in READ
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if words.search(line)]
     assert not found
